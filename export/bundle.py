@@ -1,0 +1,108 @@
+"""Write and read model folders (the contract with ``runtime.spec``).
+
+A folder holds ``model.safetensors`` (PyTorch weights, never pickle), the ONNX graphs,
+``tokenizer.json`` and ``spec.json`` with every file's sha256 and the versions that
+produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from export.model import EmoTech, ModelConfig
+from runtime.frontend import FrontendConfig
+from runtime.spec import BUNDLED_MODEL_DIR, FORMAT, SPEC_FILE, sha256_file
+
+DEFAULT_MODEL_DIR = BUNDLED_MODEL_DIR
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "onnx", "onnxruntime", "numpy", "librosa", "tokenizers", "soxr", "soundfile"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def read_spec(model_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / SPEC_FILE).read_text())
+
+
+def write_spec(model_dir: Path, spec: dict[str, Any]) -> None:
+    path = Path(model_dir) / SPEC_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def update_files(model_dir: Path, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Re-hash every file the spec references (weights, tokenizer, graphs) and save it."""
+    model_dir = Path(model_dir)
+    spec = spec if spec is not None else read_spec(model_dir)
+    names = {spec["weights"], spec["text"]["tokenizer"]}
+    for variants in spec.get("graphs", {}).values():
+        names.update(variants.values())
+    spec["files"] = {n: sha256_file(model_dir / n) for n in sorted(names) if (model_dir / n).is_file()}
+    spec["versions"] = versions()
+    write_spec(model_dir, spec)
+    return spec
+
+
+def save_model(
+    model: EmoTech,
+    model_dir: Path,
+    labels: tuple[str, ...],
+    tokenizer_src: Path,
+    max_tokens: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save weights, tokenizer and a fresh spec (graphs are added by ``export.onnx``)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(model_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    tok_dst = model_dir / TOKENIZER_FILE
+    if Path(tokenizer_src).resolve() != tok_dst.resolve():
+        tok_dst.write_bytes(Path(tokenizer_src).read_bytes())
+    spec: dict[str, Any] = {
+        "format": FORMAT,
+        "name": model_dir.name,
+        "labels": list(labels),
+        "frontend": model.frontend_cfg.to_dict(),
+        "text": {"tokenizer": TOKENIZER_FILE, "max_tokens": max_tokens, "max_chars": 2000},
+        "model": {"architecture": "EmoTech", **model.cfg.to_dict()},
+        "weights": WEIGHTS_FILE,
+        "graphs": {},
+        "calibration": {"method": "temperature", "temperature": {"audio": 1.0, "text": 1.0, "audio+text": 1.0}},
+    }
+    spec.update(extra or {})
+    return update_files(model_dir, spec)
+
+
+def build_model(spec: dict[str, Any]) -> EmoTech:
+    model_cfg = ModelConfig.from_dict(spec["model"])
+    return EmoTech(FrontendConfig.from_dict(spec["frontend"]), model_cfg)
+
+
+def load_torch_model(model_dir: Path = DEFAULT_MODEL_DIR) -> tuple[EmoTech, dict[str, Any]]:
+    """The PyTorch model of a folder (eval mode) and its spec as a dict."""
+    spec = read_spec(model_dir)
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(Path(model_dir) / spec["weights"])))
+    return model.eval(), spec
+
+
+def register_graphs(spec: dict[str, Any], graph_files: dict[str, str], precision: str = "fp32") -> None:
+    for graph, filename in graph_files.items():
+        spec.setdefault("graphs", {}).setdefault(graph, {})[precision] = filename
+

@@ -1,0 +1,142 @@
+"""Audio input: decode, downmix, resample, validate, and pad into a batch.
+
+Accepts float or int16 numpy arrays, file paths, and encoded bytes (WAV / FLAC / OGG, any
+sample rate, any channel count). Decoding uses libsndfile (``soundfile``); resampling
+uses libsoxr's high-quality filter (``soxr``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from runtime.errors import AudioDecodeError, AudioError
+from runtime.frontend import FrontendConfig
+
+AudioInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
+
+SUPPORTED_FORMATS = ("WAV", "FLAC", "OGG")
+SILENCE_PEAK = 1e-5  # clips whose peak |sample| is below this are treated as silent
+
+
+def decode(data: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
+    """Decode a file path or encoded bytes to float32 ``(samples, channels)`` and its rate."""
+    import soundfile as sf
+
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if len(data) == 0:
+            raise AudioDecodeError("audio bytes are empty")
+        source: object = io.BytesIO(bytes(data))
+        name = "audio bytes"
+    else:
+        path = Path(data)
+        if not path.is_file():
+            raise AudioDecodeError(f"no such audio file: {path}")
+        source, name = str(path), str(path)
+    try:
+        info = sf.info(source)
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        if info.format not in SUPPORTED_FORMATS:
+            raise AudioDecodeError(
+                f"{name}: unsupported audio format {info.format}; accepted: {', '.join(SUPPORTED_FORMATS)}"
+            )
+        samples, rate = sf.read(source, dtype="float32", always_2d=True)
+    except AudioDecodeError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioDecodeError(f"{name} is not decodable audio (accepted: {', '.join(SUPPORTED_FORMATS)}): {e}") from e
+    return samples, int(rate)
+
+
+def to_mono_float(samples: np.ndarray) -> np.ndarray:
+    """Float32 mono from a float or int16 array, 1-D or ``(samples, channels)``."""
+    a = np.asarray(samples)
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / 32768.0
+    elif np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32, copy=False)
+    else:
+        raise AudioError(f"audio array dtype {a.dtype} is not supported; pass float32/float64 in [-1, 1] or int16")
+    if a.ndim == 2:
+        # (samples, channels) as soundfile returns; a (channels, samples) array with few
+        # rows is also accepted, since no real clip has fewer samples than channels.
+        if a.shape[0] < a.shape[1] and a.shape[0] <= 8:
+            a = a.T
+        a = a.mean(axis=1)
+    elif a.ndim != 1:
+        raise AudioError(f"audio array must be 1-D or (samples, channels), got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """High-quality resampling with libsoxr; a no-op when the rates already match."""
+    if rate == target:
+        return audio
+    if rate <= 0:
+        raise AudioError(f"sample rate must be positive, got {rate}")
+    import soxr
+
+    return soxr.resample(audio, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def validate(audio: np.ndarray, cfg: FrontendConfig, name: str = "audio") -> np.ndarray:
+    """Check a mono clip at ``cfg.sample_rate`` against the model's limits; return it."""
+    if audio.size == 0:
+        raise AudioError(f"{name} is empty (0 samples)")
+    if not np.all(np.isfinite(audio)):
+        bad = int(np.count_nonzero(~np.isfinite(audio)))
+        raise AudioError(f"{name} has {bad} NaN or infinite samples; audio must be finite")
+    seconds = audio.size / cfg.sample_rate
+    if audio.size < cfg.min_samples:
+        raise AudioError(f"{name} is {seconds:.3f} s long; the minimum is {cfg.min_audio_seconds} s")
+    if audio.size > cfg.max_samples:
+        raise AudioError(
+            f"{name} is {seconds:.1f} s long; the maximum is {cfg.max_audio_seconds} s "
+            "(split long recordings into utterances, e.g. with the server's /v1/stream)"
+        )
+    if float(np.max(np.abs(audio))) < SILENCE_PEAK:
+        raise AudioError(f"{name} is silent (peak amplitude below {SILENCE_PEAK:g}); nothing to recognise")
+    return audio
+
+
+def load_audio(data: AudioInput, cfg: FrontendConfig, sample_rate: int | None = None, name: str | None = None) -> np.ndarray:
+    """Any accepted audio input -> validated float32 mono at ``cfg.sample_rate``.
+
+    Args:
+        data: array (float in [-1, 1] or int16), file path, or encoded bytes.
+        cfg: the model's front-end parameters.
+        sample_rate: rate of an array input (required for arrays; ignored for files and
+            bytes, which carry their own).
+        name: how to refer to this input in error messages.
+    """
+    if isinstance(data, np.ndarray):
+        if sample_rate is None:
+            raise AudioError("sample_rate is required when audio is passed as an array")
+        label = name or "audio array"
+        mono, rate = to_mono_float(data), int(sample_rate)
+    elif isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
+        label = name or (str(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
+        samples, rate = decode(data)
+        mono = to_mono_float(samples)
+    else:
+        raise AudioError(
+            f"audio of type {type(data).__name__} is not supported; pass a numpy array, a file path or encoded bytes"
+        )
+    if mono.size and np.all(np.isfinite(mono)):
+        mono = resample(mono, rate, cfg.sample_rate)
+    return validate(mono, cfg, label)
+
+
+def pad_batch(clips: list[np.ndarray], min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad clips into ``(B, N)`` float32 with their lengths as int64 ``(B,)``."""
+    lengths = np.array([c.size for c in clips], dtype=np.int64)
+    n = max(int(lengths.max()) if clips else 0, min_len)
+    batch = np.zeros((len(clips), n), dtype=np.float32)
+    for i, c in enumerate(clips):
+        batch[i, : c.size] = c
+    return batch, lengths

@@ -1,0 +1,66 @@
+"""Logits -> calibrated per-class scores and labels, the same for every engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one item."""
+
+    label: str  # the top-scoring class
+    scores: dict[str, float]  # calibrated probability per class; sums to 1
+    modalities: tuple[str, ...]  # which inputs the item carried: ("audio",), ("text",) or both
+    duration_s: float | None = None  # audio duration after decoding, None for text-only
+    timings_ms: dict[str, float] = field(default_factory=dict, compare=False)  # filled by callers that time stages
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "scores": self.scores,
+            "modalities": list(self.modalities),
+            "duration_s": self.duration_s,
+        }
+
+
+def mode_of(has_audio: bool, has_text: bool) -> str:
+    """The calibration mode key of an item (see ``runtime.spec.MODES``)."""
+    if has_audio and has_text:
+        return "audio+text"
+    return "audio" if has_audio else "text"
+
+
+def calibrated_probs(logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64."""
+    z = logits.astype(np.float64) / temperatures[:, None]
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def postprocess(
+    logits: np.ndarray,
+    labels: tuple[str, ...],
+    has_audio: np.ndarray,
+    has_text: np.ndarray,
+    temperature: dict[str, float],
+    durations: list[float | None] | None = None,
+) -> list[Prediction]:
+    """One ``Prediction`` per row, each scaled by the temperature of its modality mode."""
+    modes = [mode_of(bool(a), bool(t)) for a, t in zip(has_audio, has_text)]
+    probs = calibrated_probs(logits, np.array([temperature.get(m, 1.0) for m in modes]))
+    out = []
+    for i, row in enumerate(probs):
+        mods = tuple(m for m, present in (("audio", has_audio[i]), ("text", has_text[i])) if present)
+        out.append(
+            Prediction(
+                label=labels[int(row.argmax())],
+                scores={name: float(p) for name, p in zip(labels, row)},
+                modalities=mods,
+                duration_s=None if durations is None else durations[i],
+            )
+        )
+    return out

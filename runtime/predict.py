@@ -1,0 +1,77 @@
+"""Command line: emotion of audio files, optionally with a transcript.
+
+    python -m runtime.predict clip.wav other.flac --text "I can't believe it" --json
+
+One line per file (with --json, one JSON object per line). A file that cannot be used
+gets a one-line error on stderr; the others still get their results, and the exit code
+is 1 if any file failed (2 for a usage or model error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from runtime.errors import EmotionError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime.predict", description="Speech emotion recognition on audio files.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="audio files (WAV, FLAC, OGG; any sample rate)")
+    p.add_argument("--text", default=None, help="transcript used for every file (or alone, with no PATH)")
+    p.add_argument("--model-dir", default=None, help="model folder (default: the bundled weights)")
+    p.add_argument("--engine", default="ort", choices=["ort", "torch", "trt"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cpu (trt: cuda)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores")
+    return p
+
+
+def format_line(path: str | None, pred, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()}})
+    top = sorted(pred.scores.items(), key=lambda kv: -kv[1])[:3]
+    detail = " ".join(f"{k}={v:.3f}" for k, v in top)
+    return f"{path or '<text>'}\t{pred.label}\t{detail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.paths and args.text is None:
+        print("error: give at least one audio PATH or --text", file=sys.stderr)
+        return 2
+    from runtime.recognizer import EmotionRecognizer
+
+    try:
+        device = args.device or ("cuda" if args.engine == "trt" else "cpu")
+        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=device)
+    except (EmotionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    failed = 0
+    try:
+        if not args.paths:
+            items, names = [rec.prepare(text=args.text)], [None]
+        else:
+            items, names = [], []
+            for path in args.paths:
+                try:
+                    items.append(rec.prepare(audio=path, text=args.text, name=path))
+                    names.append(path)
+                except EmotionError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    failed += 1
+        for name, pred in zip(names, rec.run(items) if items else []):
+            print(format_line(name, pred, args.json), flush=True)
+    except EmotionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        rec.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

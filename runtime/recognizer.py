@@ -1,0 +1,180 @@
+"""``EmotionRecognizer``: audio and/or transcript in, calibrated emotion scores out.
+
+    from runtime import EmotionRecognizer
+    rec = EmotionRecognizer.load()                      # bundled weights, ONNX Runtime
+    rec.predict(audio="clip.wav", text="I can't believe it")
+    rec.predict(audio=[a, b, c], sample_rate=16000)    # one engine call for the batch
+
+Pipeline: ``prepare`` (decode, downmix, resample, validate; check text) ->
+``build_feed`` (pad audio, tokenise in one batch) -> ``Engine.infer`` ->
+``postprocess`` (per-mode temperature, softmax, labels).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from runtime.audio import AudioInput, load_audio, pad_batch
+from runtime.engines import create_engine
+from runtime.engines.base import Engine
+from runtime.errors import EmotionError, TextError
+from runtime.postprocess import Prediction, postprocess
+from runtime.spec import ModelSpec, load_spec
+from runtime.text import TextEncoder
+
+
+@dataclass(frozen=True)
+class Item:
+    """One validated request item, ready for batching."""
+
+    audio: np.ndarray | None  # float32 mono at the model's sample rate, or None
+    text: str | None  # transcript, or None
+
+
+class EmotionRecognizer:
+    """A model folder loaded on one engine."""
+
+    def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32):
+        self.spec = spec
+        self.engine = engine
+        self.max_batch = max_batch
+        self.encoder = TextEncoder(spec.path(spec.tokenizer_file), spec.max_tokens, spec.max_text_chars)
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | os.PathLike | None = None,
+        engine: str = "ort",
+        precision: str = "fp32",
+        device: str | None = None,
+        verify: bool = True,
+        max_batch: int = 32,
+        **engine_kwargs,
+    ) -> "EmotionRecognizer":
+        """Load a model folder (None: the bundled weights) on ``engine`` ('ort', 'torch',
+        'trt') at ``precision`` ('fp32', 'fp16', 'int8').
+
+        Raises:
+            ModelFolderError: missing files, malformed spec or a hash mismatch.
+            EngineUnavailableError: the engine, device or precision cannot run here.
+        """
+        spec = load_spec(model_dir, verify=verify)
+        return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.spec.labels
+
+    @property
+    def sample_rate(self) -> int:
+        return self.spec.frontend.sample_rate
+
+    # ------------------------------------------------------------------ stages
+
+    def prepare(self, audio: AudioInput | None = None, text: str | None = None, sample_rate: int | None = None, name: str | None = None) -> Item:
+        """Decode, resample and validate one item; raises ``EmotionError`` subclasses."""
+        if audio is None and text is None:
+            raise EmotionError(f"{name or 'item'}: give audio, text or both")
+        clip = load_audio(audio, self.spec.frontend, sample_rate, name) if audio is not None else None
+        if text is not None:
+            self.encoder.check(text, f"{name} text" if name else "text")
+        return Item(clip, text)
+
+    def build_feed(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
+        """Padded engine inputs for ``items``; absent modalities get placeholder inputs
+        and a 0 flag (the model substitutes its learned "missing" embedding)."""
+        cfg = self.spec.frontend
+        placeholder = np.zeros(cfg.min_samples, dtype=np.float32)
+        clips = [it.audio if it.audio is not None else placeholder for it in items]
+        audio, audio_lengths = pad_batch(clips, min_len=cfg.min_samples)
+        tokens, token_lengths = self.encoder.encode([it.text if it.text is not None else "" for it in items])
+        return {
+            "audio": audio,
+            "audio_lengths": audio_lengths,
+            "tokens": tokens,
+            "token_lengths": token_lengths,
+            "has_audio": np.array([it.audio is not None for it in items], dtype=np.float32),
+            "has_text": np.array([it.text is not None for it in items], dtype=np.float32),
+        }
+
+    def run(self, items: Sequence[Item]) -> list[Prediction]:
+        """Predictions for already-prepared items, in their order, ``max_batch`` per engine
+        call (grouped by audio length to keep padding small)."""
+        order = sorted(range(len(items)), key=lambda i: 0 if items[i].audio is None else items[i].audio.size)
+        results: list[Prediction | None] = [None] * len(items)
+        sr = self.sample_rate
+        for start in range(0, len(order), self.max_batch):
+            idx = order[start : start + self.max_batch]
+            chunk = [items[i] for i in idx]
+            feed = self.build_feed(chunk)
+            logits = self.engine.infer(feed)
+            durations = [None if it.audio is None else round(it.audio.size / sr, 4) for it in chunk]
+            preds = postprocess(logits, self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations)
+            for i, p in zip(idx, preds):
+                results[i] = p
+        return results  # type: ignore[return-value]
+
+    # -------------------------------------------------------------------- API
+
+    def predict(
+        self,
+        audio: AudioInput | Sequence[AudioInput | None] | None = None,
+        text: str | Sequence[str | None] | None = None,
+        sample_rate: int | None = None,
+    ) -> Prediction | list[Prediction]:
+        """Emotion of one item, or of each item of lists (batched).
+
+        Args:
+            audio: a float or int16 array, a file path, or encoded bytes (WAV/FLAC/OGG);
+                or a list of those (None entries for text-only items).
+            text: the transcript, or a list aligned with ``audio`` (None for no text).
+            sample_rate: rate of array inputs (files and bytes carry their own).
+
+        Returns:
+            A ``Prediction`` (``.label``, ``.scores``) for one item, a list for lists.
+
+        Raises:
+            AudioError / TextError / EmotionError: naming the bad item and what is accepted.
+        """
+        batched = isinstance(audio, (list, tuple)) or isinstance(text, (list, tuple))
+        if not batched:
+            return self.run([self.prepare(audio, text, sample_rate)])[0]
+        n = len(audio) if isinstance(audio, (list, tuple)) else len(text)  # type: ignore[arg-type]
+        audios = list(audio) if isinstance(audio, (list, tuple)) else [audio] * n if audio is None else None
+        texts = list(text) if isinstance(text, (list, tuple)) else [None] * n if text is None else None
+        if audios is None or texts is None:
+            raise EmotionError("when one of audio/text is a list, the other must be a list of the same length or None")
+        if len(audios) != len(texts):
+            raise EmotionError(f"audio has {len(audios)} items but text has {len(texts)}")
+        items = []
+        for i, (a, t) in enumerate(zip(audios, texts)):
+            if isinstance(a, (str, Path)):
+                label = f"item {i} ({a})"
+            else:
+                label = f"item {i}"
+            items.append(self.prepare(a, t, sample_rate, name=label))
+        return self.run(items)
+
+    def describe(self) -> dict:
+        """Labels, engine, precision, versions and hashes (the server's ``/v1/model``)."""
+        return {
+            "labels": list(self.labels),
+            "model_dir": str(self.spec.root),
+            **self.engine.describe(),
+            "versions": self.spec.raw.get("versions", {}),
+            "files": self.spec.files,
+            "frontend": self.spec.frontend.to_dict(),
+            "max_tokens": self.spec.max_tokens,
+            "max_text_chars": self.spec.max_text_chars,
+        }
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+__all__ = ["EmotionRecognizer", "Item", "Prediction", "TextError"]

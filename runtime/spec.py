@@ -1,0 +1,105 @@
+"""The model folder contract: ``spec.json`` and the files it lists with their sha256.
+
+``export`` writes the spec; the runtime only reads it, ignoring keys it does not know.
+Loading verifies every listed file's hash, so a truncated download or a file swapped
+by hand is caught before any inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ModelFolderError
+from runtime.frontend import FrontendConfig
+
+SPEC_FILE = "spec.json"
+FORMAT = "emotech-model/1"
+MODES = ("audio", "text", "audio+text")  # which modalities an item carries
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "emotech"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the runtime needs to know about a model folder."""
+
+    root: Path  # the model folder
+    labels: tuple[str, ...]  # class names, in logit order
+    frontend: FrontendConfig  # MFCC parameters and audio length limits
+    tokenizer_file: str  # tokenizer.json, relative to root
+    max_tokens: int  # tokens per text including [CLS]/[SEP]; longer texts are truncated
+    max_text_chars: int  # longer texts are rejected
+    graphs: dict[str, dict[str, str]]  # graph name -> precision -> ONNX file
+    temperature: dict[str, float]  # calibration temperature per mode (see MODES)
+    files: dict[str, str]  # file -> sha256
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the whole spec.json
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def graph_file(self, graph: str = "fused", precision: str = "fp32") -> Path:
+        """The ONNX file of ``graph`` at ``precision``; raises when the folder lacks it."""
+        variants = self.graphs.get(graph, {})
+        if precision not in variants:
+            have = ", ".join(sorted(variants)) or "none"
+            raise ModelFolderError(
+                f"{self.root}: no {precision} variant of the {graph} graph (available: {have}); "
+                f"create it with `python -m export.quantize --precision {precision} --model-dir {self.root}`"
+            )
+        return self.root / variants[precision]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    """Raise ``ModelFolderError`` naming every file that is missing or has the wrong hash."""
+    problems = []
+    for name, expected in files.items():
+        path = root / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{name} does not match its sha256 in {SPEC_FILE}")
+    if problems:
+        raise ModelFolderError(f"model folder {root} failed verification: " + "; ".join(problems))
+
+
+def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> ModelSpec:
+    """Read ``spec.json`` from ``model_dir`` (None: the bundled weights), checking hashes."""
+    root = Path(model_dir) if model_dir is not None else BUNDLED_MODEL_DIR
+    spec_path = root / SPEC_FILE
+    if not spec_path.is_file():
+        raise ModelFolderError(f"{root} is not a model folder: {SPEC_FILE} not found")
+    try:
+        raw = json.loads(spec_path.read_text())
+        if raw.get("format") != FORMAT:
+            raise ModelFolderError(f"{spec_path}: format {raw.get('format')!r} is not {FORMAT!r}")
+        text = raw["text"]
+        spec = ModelSpec(
+            root=root,
+            labels=tuple(raw["labels"]),
+            frontend=FrontendConfig.from_dict(raw["frontend"]),
+            tokenizer_file=text["tokenizer"],
+            max_tokens=int(text["max_tokens"]),
+            max_text_chars=int(text["max_chars"]),
+            graphs={k: dict(v) for k, v in raw["graphs"].items()},
+            temperature={m: float(raw.get("calibration", {}).get("temperature", {}).get(m, 1.0)) for m in MODES},
+            files=dict(raw["files"]),
+            raw=raw,
+        )
+    except ModelFolderError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFolderError(f"{spec_path} is malformed: {e!r}") from e
+    if verify:
+        verify_files(root, spec.files)
+    return spec
