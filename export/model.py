@@ -37,7 +37,7 @@ class ModelConfig:
     text_lstm_hidden: int = 128  # per direction
     text_conv_channels: int = 128
     fusion_dim: int = 256  # width of each branch embedding and of the fusion layer
-    dropout: float = 0.3
+    dropout: float = 0.2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

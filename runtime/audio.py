@@ -23,20 +23,21 @@ SUPPORTED_FORMATS = ("WAV", "FLAC", "OGG")
 SILENCE_PEAK = 1e-5  # clips whose peak |sample| is below this are treated as silent
 
 
-def decode(data: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
+def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str | None = None) -> tuple[np.ndarray, int]:
     """Decode a file path or encoded bytes to float32 ``(samples, channels)`` and its rate."""
     import soundfile as sf
 
     if isinstance(data, (bytes, bytearray, memoryview)):
+        name = name or "audio bytes"
         if len(data) == 0:
-            raise AudioDecodeError("audio bytes are empty")
+            raise AudioDecodeError(f"{name}: audio bytes are empty")
         source: object = io.BytesIO(bytes(data))
-        name = "audio bytes"
     else:
         path = Path(data)
+        name = name or str(path)
         if not path.is_file():
             raise AudioDecodeError(f"no such audio file: {path}")
-        source, name = str(path), str(path)
+        source = str(path)
     try:
         info = sf.info(source)
         if isinstance(source, io.BytesIO):
@@ -49,7 +50,8 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[np
     except AudioDecodeError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioDecodeError(f"{name} is not decodable audio (accepted: {', '.join(SUPPORTED_FORMATS)}): {e}") from e
+        reason = str(getattr(e, "error_string", "") or e).split(": ")[-1]
+        raise AudioDecodeError(f"{name} is not decodable audio ({reason}); accepted: {', '.join(SUPPORTED_FORMATS)}") from e
     return samples, int(rate)
 
 
@@ -104,6 +106,33 @@ def validate(audio: np.ndarray, cfg: FrontendConfig, name: str = "audio") -> np.
     return audio
 
 
+def trim_silence(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """Drop leading and trailing audio quieter than the clip's loudest frame minus
+    ``cfg.trim_db`` (frames of ``n_fft`` samples every ``hop_length``), keeping
+    ``cfg.trim_margin_seconds`` on each side and at least ``cfg.min_samples`` samples.
+
+    Training and inference both call this (through ``load_audio``), so the model never
+    sees a different amount of leading silence than it was trained with.
+    """
+    if cfg.trim_db <= 0 or audio.size <= cfg.min_samples:
+        return audio
+    hop, win = cfg.hop_length, cfg.n_fft
+    n = max(1, 1 + (audio.size - win) // hop) if audio.size >= win else 1
+    idx = np.arange(n)[:, None] * hop + np.arange(min(win, audio.size))[None, :]
+    energy = np.mean(np.square(audio[idx], dtype=np.float64), axis=1) + 1e-20
+    db = 10.0 * np.log10(energy)
+    loud = np.flatnonzero(db >= db.max() - cfg.trim_db)
+    margin = int(cfg.trim_margin_seconds * cfg.sample_rate)
+    start = max(0, int(loud[0]) * hop - margin)
+    end = min(audio.size, int(loud[-1]) * hop + win + margin)
+    short = cfg.min_samples - (end - start)
+    if short > 0:  # widen around the loud region, within the clip
+        start = max(0, start - (short + 1) // 2)
+        end = min(audio.size, start + cfg.min_samples)
+        start = max(0, end - cfg.min_samples)
+    return audio[start:end]
+
+
 def load_audio(data: AudioInput, cfg: FrontendConfig, sample_rate: int | None = None, name: str | None = None) -> np.ndarray:
     """Any accepted audio input -> validated float32 mono at ``cfg.sample_rate``.
 
@@ -121,7 +150,7 @@ def load_audio(data: AudioInput, cfg: FrontendConfig, sample_rate: int | None = 
         mono, rate = to_mono_float(data), int(sample_rate)
     elif isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
         label = name or (str(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
-        samples, rate = decode(data)
+        samples, rate = decode(data, label)
         mono = to_mono_float(samples)
     else:
         raise AudioError(
@@ -129,7 +158,7 @@ def load_audio(data: AudioInput, cfg: FrontendConfig, sample_rate: int | None = 
         )
     if mono.size and np.all(np.isfinite(mono)):
         mono = resample(mono, rate, cfg.sample_rate)
-    return validate(mono, cfg, label)
+    return trim_silence(validate(mono, cfg, label), cfg)
 
 
 def pad_batch(clips: list[np.ndarray], min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:

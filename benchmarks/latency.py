@@ -1,0 +1,398 @@
+"""Latency and throughput of the engines against the research-code baseline, on this machine.
+
+    python -m benchmarks.latency --engine ort --precision fp32 --device cpu \\
+        --batch 1,8,32 --audio-seconds 3 --text-words 12 --out benchmarks/results/MACHINE
+
+For each engine (and ``--engine`` / ``--precision`` may list several) and batch size:
+per stage (decode, resample, tokenise, front-end, engine call, post-processing) and end
+to end (``EmotionRecognizer.predict`` on the batch of encoded clips and texts): p50 / p90
+/ p99 / min latency, throughput, real-time factor, peak resident and GPU memory. In the
+same run, interleaved batch by batch, the same trained weights the usual research way
+(``benchmarks.baseline``: librosa MFCC and a PyTorch eager forward per clip), the ratio
+of each engine to it, and a check that both give the same logits. Writes
+``latency.json`` (a ``machine`` object and flat ``results`` rows), ``latency.md`` and
+``latency.png`` to ``--out`` (default ``benchmarks/results/<machine>/``).
+
+An engine, device or precision that cannot run here (no GPU, no TensorRT, no such
+graph in the model folder) is skipped with the reason printed and recorded; when
+nothing at all could run, no files are written and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import report as rep
+from benchmarks.machine import TegraStats, gpu_memory_mb, loadavg, machine_info, machine_slug
+from benchmarks.timing import FULL, QUICK, Budget, measure, no_sync
+from benchmarks.workload import Workload, make_requests
+from runtime.audio import decode, resample, to_mono_float
+from runtime.errors import EmotionError
+from runtime.postprocess import postprocess
+from runtime.recognizer import EmotionRecognizer
+from runtime.spec import BUNDLED_MODEL_DIR
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ENGINES = ("ort", "torch", "trt")
+
+
+def _csv(text: str, cast: Callable = str) -> list:
+    return [cast(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--engine", default="ort", help=f"comma-separated engines from {', '.join(ENGINES)} (default: ort)")
+    p.add_argument("--precision", default="fp32", help="comma-separated precisions: fp32, fp16, int8 (default: fp32)")
+    p.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="device for the engines and the baseline (default: cpu)"
+    )
+    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
+    p.add_argument("--audio-seconds", type=float, default=3.0, help="clip length (default: 3)")
+    p.add_argument("--text-words", type=int, default=12, help="words per transcript (default: 12)")
+    p.add_argument("--input-rate", type=int, default=48000, help="sample rate the clips are sent at (default: 48000)")
+    p.add_argument("--model-dir", type=Path, default=BUNDLED_MODEL_DIR, help="model folder (default: the bundled weights)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the ort and torch engines (default: their own choice; "
+        "torch's setting is process-wide, so it applies to the baseline too)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--quick", action="store_true", help="a few iterations per row: checks the harness, not the numbers")
+    p.add_argument("--no-baseline", action="store_true", help="skip the librosa + PyTorch eager baseline")
+    p.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    return p
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` naming the bad option."""
+    bad = [e for e in _csv(args.engine) if e not in ENGINES]
+    if bad or not _csv(args.engine):
+        raise ValueError(f"--engine must list engines from {', '.join(ENGINES)}, got {args.engine!r}")
+    bad = [p for p in _csv(args.precision) if p not in ("fp32", "fp16", "int8")]
+    if bad or not _csv(args.precision):
+        raise ValueError(f"--precision must list fp32, fp16 or int8, got {args.precision!r}")
+    try:
+        batches = _csv(args.batch, int)
+    except ValueError as e:
+        raise ValueError(f"--batch must be comma-separated integers, got {args.batch!r}") from e
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--batch sizes must be >= 1, got {args.batch!r}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    Workload(1, args.audio_seconds, args.text_words, args.input_rate)
+
+
+# ---------------------------------------------------------------- front-end alone
+
+
+def export_frontend(cfg, path: Path) -> Path:
+    """The MFCC front-end alone as ONNX (``audio, audio_lengths -> mfcc, frame_lengths``),
+    built from ``export.frontend`` like the fused graph. Needs PyTorch."""
+    import torch
+
+    from export.frontend import MFCC
+    from export.onnx import OPSET
+
+    sr = cfg.sample_rate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            MFCC(cfg).eval(), (torch.zeros(2, sr), torch.tensor([sr, sr // 2])), str(path), input_names=["audio", "audio_lengths"],
+            output_names=["mfcc", "frame_lengths"], opset_version=OPSET, dynamo=False,
+            dynamic_axes={"audio": {0: "batch", 1: "samples"}, "audio_lengths": {0: "batch"}, "mfcc": {0: "batch", 1: "frames"}},
+        )  # fmt: skip
+    return path
+
+
+def frontend_runner(
+    engine: str, rec: EmotionRecognizer, device: str, threads: int | None, tmp: Path
+) -> tuple[Callable, Callable] | str:
+    """``(run(audio, lengths), sync)`` for the MFCC graph alone on the engine's backend,
+    or the reason it cannot be measured here. The graph is exported from
+    ``export.frontend`` (needs PyTorch), the code every engine's fused graph is built from."""
+    try:
+        import torch
+
+        from export.frontend import MFCC
+    except ImportError as e:
+        return f"needs PyTorch to build the front-end graph ({e})"
+    module = MFCC(rec.spec.frontend).eval()
+    if engine == "torch":
+        module = module.to(device)
+        sync = torch.cuda.synchronize if device == "cuda" else no_sync
+
+        def run_torch(audio: np.ndarray, lengths: np.ndarray) -> object:
+            with torch.inference_mode():
+                return module(torch.from_numpy(audio).to(device), torch.from_numpy(lengths).to(device))
+
+        return run_torch, sync
+    if engine != "ort":
+        return f"the front-end alone is not built for engine {engine!r} (it runs inside the fused engine)"
+    import onnxruntime as ort
+
+    path = export_frontend(rec.spec.frontend, tmp / "frontend.onnx")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    return (lambda audio, lengths: sess.run(None, {"audio": audio, "audio_lengths": lengths})), no_sync
+
+
+# ---------------------------------------------------------------- measured rows
+
+
+def make_row(engine: str, precision: str, device: str, batch: int, stage: str, stats, audio_seconds: float) -> dict:
+    """One flat result row (the schema ``latency.json`` promises, plus detail fields)."""
+    d = asdict(stats)
+    return {
+        "engine": engine,
+        "precision": precision,
+        "device": device,
+        "batch": batch,
+        "stage": stage,
+        "p50_ms": round(d["p50_ms"], 4),
+        "p90_ms": round(d["p90_ms"], 4),
+        "p99_ms": round(d["p99_ms"], 4),
+        "min_ms": round(d["min_ms"], 4),
+        "throughput_per_s": round(batch * 1e3 / d["mean_ms"], 2),
+        "mean_ms": round(d["mean_ms"], 4),
+        "std_ms": round(d["std_ms"], 4),
+        "n": d["n"],
+        "rtf": round(d["p50_ms"] / (1e3 * audio_seconds * batch), 6),
+        "peak_rss_mb": round(d["peak_rss_mb"], 1),
+        "gpu_mem_mb": gpu_memory_mb() if device == "cuda" else None,
+    }
+
+
+def engine_rows(
+    rec: EmotionRecognizer,
+    precision: str,
+    device: str,
+    frontend,
+    clips: list[bytes],
+    texts: list[str],
+    budget: Budget,
+    seconds: float,
+) -> list[dict]:
+    """Every stage of one engine at one batch size, then end to end."""
+    sr, batch, name = rec.sample_rate, len(clips), rec.engine.name
+    decoded = [decode(c) for c in clips]
+    mono = [resample(to_mono_float(s), rate, sr) for s, rate in decoded]
+    items = [rec.prepare(m, t, sample_rate=sr) for m, t in zip(mono, texts)]
+    feed = rec.build_feed(items)
+    logits = rec.engine.infer(feed)
+    durations = [m.size / sr for m in mono]
+    stages: list[tuple[str, Callable, Callable]] = [
+        ("decode", lambda: [decode(c) for c in clips], no_sync),
+        ("resample", lambda: [resample(to_mono_float(s), rate, sr) for s, rate in decoded], no_sync),
+        ("tokenise", lambda: rec.encoder.encode(texts), no_sync),
+    ]
+    if not isinstance(frontend, str):
+        run, sync = frontend
+        stages.append(("frontend", lambda: run(feed["audio"], feed["audio_lengths"]), sync))
+    stages += [
+        ("infer", lambda: rec.engine.infer(feed), no_sync),
+        (
+            "postprocess",
+            lambda: postprocess(logits, rec.labels, feed["has_audio"], feed["has_text"], rec.spec.temperature, durations),
+            no_sync,
+        ),
+        (rep.E2E, lambda: rec.predict(audio=clips, text=texts), no_sync),
+    ]
+    rows = []
+    for stage, fn, sync in stages:
+        rows.append(make_row(name, precision, device, batch, stage, measure(fn, budget, sync), seconds))
+        print(_row_line(rows[-1]), flush=True)
+    return rows
+
+
+def baseline_rows(base, device: str, clips: list[bytes], texts: list[str], budget: Budget, seconds: float) -> list[dict]:
+    """The baseline's stages (each a loop over the clips) and end to end."""
+    ys = [base.load(c) for c in clips]
+    feats = [base.features(y) for y in ys]
+    ids = [base.tokenise(t) for t in texts]
+    logits = [base.forward(f, i) for f, i in zip(feats, ids)]
+    stages = [
+        ("load", lambda: [base.load(c) for c in clips], no_sync),
+        ("tokenise", lambda: [base.tokenise(t) for t in texts], no_sync),
+        ("frontend", lambda: [base.features(y) for y in ys], no_sync),
+        ("infer", lambda: [base.forward(f, i) for f, i in zip(feats, ids)], base.sync),
+        ("postprocess", lambda: [base.postprocess(z) for z in logits], no_sync),
+        (rep.E2E, lambda: base.predict(clips, texts), base.sync),
+    ]
+    rows = []
+    for stage, fn, sync in stages:
+        rows.append(make_row("baseline", "fp32", device, len(clips), stage, measure(fn, budget, sync), seconds))
+        print(_row_line(rows[-1]), flush=True)
+    return rows
+
+
+def agreement(rec: EmotionRecognizer, precision: str, device: str, base, clips: list[bytes], texts: list[str]) -> dict:
+    """Max |logit| difference and label agreement between an engine and the baseline."""
+    items = [rec.prepare(c, t) for c, t in zip(clips, texts)]
+    ours = rec.engine.infer(rec.build_feed(items))
+    ref = base.logits(clips, texts)
+    return {
+        "engine": rec.engine.name,
+        "precision": precision,
+        "device": device,
+        "items": len(clips),
+        "max_abs_logit_diff": float(np.abs(ours - ref).max()),
+        "same_label": int((ours.argmax(1) == ref.argmax(1)).sum()),
+    }
+
+
+def _row_line(r: dict) -> str:
+    return (
+        f"{r['engine']:>8} {r['precision']} {r['device']} b{r['batch']:<3} {r['stage']:<12} p50 {r['p50_ms']:9.3f} ms  "
+        f"p90 {r['p90_ms']:9.3f}  p99 {r['p99_ms']:9.3f}  min {r['min_ms']:9.3f}  {r['throughput_per_s']:10.1f}/s  n={r['n']}"
+    )
+
+
+# ---------------------------------------------------------------- the run
+
+
+def engine_device(engine: str, device: str) -> str:
+    """The device an engine's rows are labelled with: TensorRT always runs on the GPU."""
+    return "cuda" if engine == "trt" else device
+
+
+def load_engines(args: argparse.Namespace, batches: list[int], skipped: list[dict]) -> list[tuple[EmotionRecognizer, str]]:
+    loaded = []
+    for engine in _csv(args.engine):
+        for precision in _csv(args.precision):
+            what = f"engine {engine} {precision} on {engine_device(engine, args.device)}"
+            kwargs = {"threads": args.threads} if engine in ("ort", "torch") and args.threads else {}
+            try:
+                rec = EmotionRecognizer.load(
+                    args.model_dir, engine=engine, precision=precision, device=args.device, max_batch=max(batches), **kwargs
+                )
+            except (EmotionError, ValueError, RuntimeError, ImportError) as e:
+                print(f"skipping {what}: {e}", file=sys.stderr)
+                skipped.append({"what": what, "reason": str(e)})
+                continue
+            loaded.append((rec, precision))
+    return loaded
+
+
+def load_baseline(args: argparse.Namespace, skipped: list[dict]):
+    if args.no_baseline:
+        return None
+    try:
+        from benchmarks.baseline import Baseline
+
+        return Baseline(args.model_dir, args.device)
+    except (ImportError, RuntimeError, EmotionError) as e:
+        print(f"skipping the baseline on {args.device}: {e}", file=sys.stderr)
+        skipped.append({"what": f"baseline on {args.device}", "reason": str(e)})
+        return None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure everything ``args`` asks for; returns the report (not yet written)."""
+    validate_args(args)
+    batches = _csv(args.batch, int)
+    budget = QUICK if args.quick else FULL
+    skipped: list[dict] = []
+    base = load_baseline(args, skipped)
+    engines = load_engines(args, batches, skipped)
+    info = machine_info()  # after loading, so that live thread settings are known
+    rows: list[dict] = []
+    agree: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp, TegraStats() as tegra:
+        frontends = {}
+        for rec, precision in engines:
+            fe = frontend_runner(rec.engine.name, rec, args.device, args.threads, Path(tmp))
+            if isinstance(fe, str):
+                skipped.append({"what": f"frontend stage of {rec.engine.name} {precision}", "reason": fe})
+            frontends[id(rec)] = fe
+        for batch in batches if engines or base is not None else []:
+            clips, texts = make_requests(Workload(batch, args.audio_seconds, args.text_words, args.input_rate, args.seed))
+            if base is not None:
+                rows += baseline_rows(base, args.device, clips, texts, budget, args.audio_seconds)
+            for rec, precision in engines:
+                dev = engine_device(rec.engine.name, args.device)
+                rows += engine_rows(rec, precision, dev, frontends[id(rec)], clips, texts, budget, args.audio_seconds)
+                if base is not None and batch == max(batches):
+                    agree.append(agreement(rec, precision, dev, base, clips, texts))
+    info["loadavg_end"] = loadavg()
+    info["tegrastats"] = tegra.summary()
+    settings = {
+        "engines": _csv(args.engine), "precisions": _csv(args.precision), "device": args.device, "batches": batches,
+        "audio_seconds": args.audio_seconds, "text_words": args.text_words, "input_rate": args.input_rate,
+        "sample_rate": engines[0][0].sample_rate if engines else None, "model_dir": str(args.model_dir),
+        "threads": args.threads, "quick": args.quick, "seed": args.seed,
+        "budget": ("quick: " if args.quick else "") + ", ".join(f"{k}={v}" for k, v in asdict(budget).items()),
+    }  # fmt: skip
+    ratio_rows = rep.ratios(rows)
+    report = {
+        "schema": rep.SCHEMA,
+        "command": "",  # filled in by main()
+        "machine_slug": machine_slug(info),
+        "machine": info,
+        "settings": settings,
+        "engines": [
+            {**rec.engine.describe(), **({"frontend_stage": "not measured"} if isinstance(frontends[id(rec)], str) else {})}
+            for rec, _ in engines
+        ],
+        "results": rows,
+        "ratios": ratio_rows,
+        "targets": rep.targets(rows, ratio_rows, settings) if not args.quick else [],
+        "agreement": agree,
+        "skipped": skipped,
+    }
+    for rec, _ in engines:
+        rec.close()
+    return report
+
+
+def write(report: dict, out: Path | None) -> Path:
+    out = out or RESULTS_DIR / report["machine_slug"]
+    out.mkdir(parents=True, exist_ok=True)
+    rep.write_json(report, out)
+    rep.write_markdown(report, out)
+    rep.write_plot(report, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    try:
+        report = run(args)
+    except ValueError as e:
+        parser.error(str(e))
+    report["command"] = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in argv)
+    if not report["results"]:
+        print(
+            "nothing was measured, no files written: " + "; ".join(f"{s['what']}: {s['reason']}" for s in report["skipped"]),
+            file=sys.stderr,
+        )
+        return 1
+    out = write(report, args.out)
+    print(f"wrote {out / 'latency.json'}, latency.md, latency.png")
+    for t in report["targets"]:
+        print(f"target {t['target']}: {t['value']} (goal >= {t['goal']}) {'met' if t['met'] else 'NOT met'}: {t['detail']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

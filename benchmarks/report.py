@@ -1,0 +1,302 @@
+"""Turn measured rows into ratios, target checks, ``latency.json``, a Markdown table and a
+PNG plot.
+
+Rows are flat dicts ``{engine, precision, device, batch, stage, p50_ms, p90_ms, p99_ms,
+min_ms, throughput_per_s, ...}``; the baseline's rows have ``engine == "baseline"``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SCHEMA = "emotech-latency/1"
+E2E = "end_to_end"
+STAGE_ORDER = ("decode", "resample", "load", "tokenise", "frontend", "infer", "postprocess")  # columns of the stage table
+# the issue's targets for this kind of machine: ONNX Runtime FP32 on CPU
+TARGET_ENGINE = ("ort", "fp32", "cpu")
+TARGETS = {
+    "batch1_p50_speedup": 3.0,  # end-to-end p50 at batch 1, baseline / engine
+    "batch32_throughput_ratio": 10.0,  # end-to-end utterances/s at batch 32, engine / baseline
+    "frontend_speedup_per_clip": 3.0,  # MFCC per clip, librosa / engine front-end
+    "tokenise_sentences_per_s": 50000.0,  # batched tokenisation
+}
+
+
+def find(rows: list[dict], **key) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in key.items()):
+            return r
+    return None
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Each engine row against the baseline row of the same device, batch and stage."""
+    out = []
+    for r in rows:
+        if r["engine"] == "baseline":
+            continue
+        b = find(rows, engine="baseline", device=r["device"], batch=r["batch"], stage=r["stage"])
+        if b is None:
+            continue
+        out.append(
+            {
+                "engine": r["engine"],
+                "precision": r["precision"],
+                "device": r["device"],
+                "batch": r["batch"],
+                "stage": r["stage"],
+                "baseline_p50_ms": b["p50_ms"],
+                "p50_ms": r["p50_ms"],
+                "p50_speedup": round(b["p50_ms"] / r["p50_ms"], 2),
+                "throughput_ratio": round(r["throughput_per_s"] / b["throughput_per_s"], 2),
+            }
+        )
+    return out
+
+
+def targets(rows: list[dict], ratio_rows: list[dict], settings: dict) -> list[dict]:
+    """The issue's CPU targets, each with the measured value and met / not met.
+
+    Only evaluated for the ONNX Runtime FP32 CPU engine at 3-s clips and 12-word texts;
+    a target whose rows were not measured in this run is left out.
+    """
+    if (settings.get("audio_seconds"), settings.get("text_words")) != (3.0, 12):
+        return []
+    eng, prec, dev = TARGET_ENGINE
+    key = {"engine": eng, "precision": prec, "device": dev}
+    out = []
+
+    def add(name: str, value: float, detail: str) -> None:
+        goal = TARGETS[name]
+        out.append({"target": name, "goal": goal, "value": round(value, 2), "met": bool(value >= goal), "detail": detail})
+
+    r = find(ratio_rows, batch=1, stage=E2E, **key)
+    if r:
+        add("batch1_p50_speedup", r["p50_speedup"], f"p50 {r['baseline_p50_ms']:.2f} ms baseline vs {r['p50_ms']:.2f} ms")
+    r = find(ratio_rows, batch=32, stage=E2E, **key)
+    if r:
+        e, b = find(rows, batch=32, stage=E2E, **key), find(rows, engine="baseline", device=dev, batch=32, stage=E2E)
+        add(
+            "batch32_throughput_ratio",
+            r["throughput_ratio"],
+            f"{e['throughput_per_s']:.1f} vs {b['throughput_per_s']:.1f} utterances/s",
+        )
+    fronts = [r for r in ratio_rows if r["stage"] == "frontend" and all(r[k] == v for k, v in key.items())]
+    if fronts:
+        worst = min(fronts, key=lambda r: r["p50_speedup"])
+        detail = ", ".join(
+            f"batch {r['batch']}: {r['baseline_p50_ms'] / r['batch']:.3f} vs {r['p50_ms'] / r['batch']:.3f} ms/clip ({r['p50_speedup']}x)"
+            for r in sorted(fronts, key=lambda r: r["batch"])
+        )
+        add("frontend_speedup_per_clip", worst["p50_speedup"], "worst batch size counts; " + detail)
+    toks = [r for r in rows if r["stage"] == "tokenise" and all(r[k] == v for k, v in key.items())]
+    if toks:
+        best = max(toks, key=lambda r: r["batch"])
+        add("tokenise_sentences_per_s", best["throughput_per_s"], f"batch {best['batch']}, p50 {best['p50_ms']:.3f} ms")
+    return out
+
+
+def write_json(report: dict, out_dir: Path) -> Path:
+    path = out_dir / "latency.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return path
+
+
+def _machine_line(m: dict) -> str:
+    cpu = m["cpu"]
+    parts = [f"{cpu['model']}, {cpu['usable_cores']} usable cores ({cpu['logical_cores']} logical), {cpu['memory_gb']} GB"]
+    if m.get("gpu"):
+        g = m["gpu"]
+        parts.append(f"GPU {g.get('name')} (driver {g.get('driver')}, CUDA {g.get('cuda_driver_api') or g.get('torch_cuda')})")
+    if m.get("jetson"):
+        j = m["jetson"]
+        parts.append(f"Jetson {j.get('module')}, {j.get('l4t_release')}, power mode {j.get('power_mode')}")
+    v = m["versions"]
+    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "librosa", "numpy") if k in v)
+    parts.append(libs)
+    return "; ".join(parts)
+
+
+def markdown(report: dict) -> str:
+    m, rows, s = report["machine"], report["results"], report["settings"]
+    lines = [
+        f"# Latency: {report['machine_slug']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        (
+            f"Machine: {_machine_line(m)}. Threads: {json.dumps(m['threads'])}. "
+            f"Load average (1/5/15 min) at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')}."
+        ),
+        "",
+        "Engines: " + "; ".join(", ".join(f"{k} {v}" for k, v in e.items()) for e in report.get("engines", [])) + ".",
+        "",
+        (
+            f"Workload: {s['audio_seconds']} s clips sent as {s['input_rate']} Hz 16-bit WAV (decoded and resampled to "
+            f"{s['sample_rate']} Hz), {s['text_words']}-word transcripts. Each row: {s['budget']}. "
+            "Stages are timed separately, each in its own loop; `end_to_end` is one `EmotionRecognizer.predict` call "
+            "for the whole batch (baseline: the clips one after another). Throughput = batch / mean latency; "
+            "RTF = p50 / audio seconds in the batch; peak RSS is the whole process while the row ran."
+        ),
+        "",
+    ]
+    if report.get("targets"):
+        lines += [
+            "## Targets (ONNX Runtime FP32, CPU)",
+            "",
+            "| target | goal | measured | met | detail |",
+            "|---|---|---|---|---|",
+        ]
+        for t in report["targets"]:
+            lines.append(
+                f"| {t['target']} | >= {t['goal']:g} | {t['value']:g} | {'yes' if t['met'] else '**no**'} | {t['detail']} |"
+            )
+        lines.append("")
+    lines += [
+        "## End to end",
+        "",
+        "| engine | precision | device | batch | p50 ms | p90 ms | p99 ms | min ms | utt/s | RTF | vs baseline p50 | vs baseline utt/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rat = {(r["engine"], r["precision"], r["device"], r["batch"], r["stage"]): r for r in report["ratios"]}
+    for r in rows:
+        if r["stage"] != E2E:
+            continue
+        q = rat.get((r["engine"], r["precision"], r["device"], r["batch"], r["stage"]))
+        sp = f"{q['p50_speedup']}x" if q else ""
+        tr = f"{q['throughput_ratio']}x" if q else ""
+        lines.append(
+            f"| {r['engine']} | {r['precision']} | {r['device']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['min_ms']:.2f} | {r['throughput_per_s']:.1f} | {r['rtf']:.4f} | {sp} | {tr} |"
+        )
+    lines += ["", "## Stages (p50 ms for the whole batch)", ""]
+    present = {r["stage"] for r in rows}
+    stages = [st for st in STAGE_ORDER if st in present] + sorted(present - set(STAGE_ORDER) - {E2E})
+    lines += [
+        "| engine | precision | device | batch | " + " | ".join(stages) + " | end_to_end | peak RSS MB | GPU MB |",
+        "|---" * (len(stages) + 7) + "|",
+    ]
+    groups = list(dict.fromkeys((r["engine"], r["precision"], r["device"], r["batch"]) for r in rows))
+    for g in groups:
+        sel = {r["stage"]: r for r in rows if (r["engine"], r["precision"], r["device"], r["batch"]) == g}
+        cells = [f"{sel[st]['p50_ms']:.3f}" if st in sel else "" for st in stages]
+        e2e = f"{sel[E2E]['p50_ms']:.2f}" if E2E in sel else ""
+        rss = max(r["peak_rss_mb"] for r in sel.values())
+        gpu = [r["gpu_mem_mb"] for r in sel.values() if r.get("gpu_mem_mb") is not None]
+        lines.append(
+            f"| {' | '.join(map(str, g))} | " + " | ".join(cells) + f" | {e2e} | {rss:.0f} | {max(gpu) if gpu else ''} |"
+        )
+    lines += [
+        "",
+        (
+            "Engine stages: `frontend` is the MFCC graph alone on the engine's backend (inside `infer` in a real call); "
+            "`infer` is one engine call (MFCC + network). Baseline stages: `load` is `librosa.load` (decode + resample), "
+            "`frontend` is `librosa.feature.mfcc` + CMVN, `infer` is the PyTorch eager forward, each per clip."
+        ),
+        "",
+    ]
+    if report.get("agreement"):
+        lines += ["## Agreement with the baseline", ""]
+        for a in report["agreement"]:
+            lines.append(
+                f"- {a['engine']} {a['precision']} {a['device']}: max |logit difference| {a['max_abs_logit_diff']:.2e} over {a['items']} items, same label for {a['same_label']}/{a['items']}"
+            )
+        lines.append("")
+    if report.get("skipped"):
+        lines += ["## Skipped", ""] + [f"- {k['what']}: {k['reason']}" for k in report["skipped"]] + [""]
+    if m.get("tegrastats"):
+        lines += ["## tegrastats", "", "```", json.dumps(m["tegrastats"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict, out_dir: Path) -> Path:
+    path = out_dir / "latency.md"
+    path.write_text(markdown(report))
+    return path
+
+
+PLOT_STAGES = ("decode+resample", "MFCC", "tokenise", "model", "postprocess")
+
+
+def stage_breakdown(rows: list[dict], engine: str, precision: str, device: str, batch: int) -> dict[str, float]:
+    """Additive ms-per-clip split of one configuration for the stacked bars.
+
+    Engines run the MFCC inside the graph: ``model`` is ``infer`` minus the separately
+    measured ``frontend`` (floored at 0)."""
+    sel = {
+        r["stage"]: r["p50_ms"] / batch
+        for r in rows
+        if (r["engine"], r["precision"], r["device"], r["batch"]) == (engine, precision, device, batch)
+    }
+    if engine == "baseline":
+        return {
+            "decode+resample": sel.get("load", 0.0),
+            "MFCC": sel.get("frontend", 0.0),
+            "tokenise": sel.get("tokenise", 0.0),
+            "model": sel.get("infer", 0.0),
+            "postprocess": sel.get("postprocess", 0.0),
+        }
+    mfcc = sel.get("frontend", 0.0)
+    return {
+        "decode+resample": sel.get("decode", 0.0) + sel.get("resample", 0.0),
+        "MFCC": mfcc,
+        "tokenise": sel.get("tokenise", 0.0),
+        "model": max(sel.get("infer", 0.0) - mfcc, 0.0),
+        "postprocess": sel.get("postprocess", 0.0),
+    }
+
+
+def write_plot(report: dict, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    configs = list(dict.fromkeys((r["engine"], r["precision"], r["device"]) for r in rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for cfg in configs:
+        pts = sorted(
+            (r["batch"], r["p50_ms"], r["p90_ms"])
+            for r in rows
+            if (r["engine"], r["precision"], r["device"]) == cfg and r["stage"] == E2E
+        )
+        if not pts:
+            continue
+        xs, p50, p90 = zip(*pts)
+        line = ax1.plot(xs, p50, marker="o", label=" ".join(cfg) + " p50")[0]
+        ax1.plot(xs, p90, linestyle=":", color=line.get_color(), label=" ".join(cfg) + " p90")
+    ax1.set_xscale("log", base=2)
+    batches = sorted({r["batch"] for r in rows})
+    ax1.set_xticks(batches, [str(b) for b in batches])
+    ax1.set_yscale("log")
+    ax1.set_xlabel("batch size")
+    ax1.set_ylabel("end-to-end latency per batch (ms)")
+    ax1.set_title("Latency vs batch")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=7)
+
+    bars = [
+        (cfg, b)
+        for cfg in configs
+        for b in sorted({r["batch"] for r in rows if (r["engine"], r["precision"], r["device"]) == cfg})
+    ]
+    bottoms = [0.0] * len(bars)
+    for stage in PLOT_STAGES:
+        vals = [stage_breakdown(rows, *cfg, b)[stage] for cfg, b in bars]
+        ax2.bar(range(len(bars)), vals, bottom=bottoms, label=stage)
+        bottoms = [x + y for x, y in zip(bottoms, vals)]
+    ax2.set_xticks(range(len(bars)), [f"{cfg[0]}\n{cfg[1]} {cfg[2]}\nb{b}" for cfg, b in bars], fontsize=7)
+    ax2.set_ylabel("ms per clip (p50 of each stage / batch)")
+    ax2.set_title("Where the time goes")
+    ax2.legend(fontsize=7)
+    fig.suptitle(
+        f"{report['machine_slug']}: {report['settings']['audio_seconds']} s clip + {report['settings']['text_words']}-word text",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = out_dir / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

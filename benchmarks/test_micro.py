@@ -1,0 +1,101 @@
+"""Micro-benchmarks (pytest-benchmark): the front-end against ``librosa.feature.mfcc``,
+batched tokenisation, and one engine call.
+
+    pytest benchmarks --benchmark-only
+
+Not part of the default ``pytest`` run (``testpaths = ["tests"]``). Uses the model
+folder in ``EMOTECH_MODEL_DIR`` (default: the bundled weights) and skips without it;
+the front-end ones need PyTorch to build the front-end graph. Each benchmark records
+per-clip or per-sentence figures in ``extra_info`` (``--benchmark-json`` keeps them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.loadgen import speechlike
+from benchmarks.workload import make_sentences
+from runtime.frontend import FrontendConfig
+from runtime.spec import BUNDLED_MODEL_DIR
+
+CLIP_SECONDS = 3.0
+MODEL_DIR = Path(os.environ.get("EMOTECH_MODEL_DIR", BUNDLED_MODEL_DIR))
+
+
+def _per(benchmark, n: int, unit: str) -> None:
+    """Record the median time per item and items per second."""
+    median = benchmark.stats.stats.median
+    benchmark.extra_info[f"ms_per_{unit}"] = round(median * 1e3 / n, 4)
+    benchmark.extra_info[f"{unit}s_per_s"] = round(n / median, 1)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    from runtime.spec import load_spec
+
+    if not (MODEL_DIR / "spec.json").is_file():
+        pytest.skip(f"no model folder at {MODEL_DIR} (set EMOTECH_MODEL_DIR)")
+    return load_spec(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def frontend_session(tmp_path_factory):
+    pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from benchmarks.latency import export_frontend
+
+    path = export_frontend(FrontendConfig(), tmp_path_factory.mktemp("fe") / "frontend.onnx")
+    opts = ort.SessionOptions()
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def test_frontend_librosa(benchmark):
+    from benchmarks.baseline import librosa_mfcc
+
+    pytest.importorskip("librosa")
+    cfg = FrontendConfig()
+    y = speechlike(CLIP_SECONDS, seed=1)
+    out = benchmark(librosa_mfcc, y, cfg)
+    assert out.shape == (cfg.n_mfcc, cfg.num_frames(y.size))
+    _per(benchmark, 1, "clip")
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_frontend_onnxruntime(benchmark, frontend_session, batch):
+    cfg = FrontendConfig()
+    audio = np.stack([speechlike(CLIP_SECONDS, seed=i) for i in range(batch)])
+    feed = {"audio": audio, "audio_lengths": np.full(batch, audio.shape[1], dtype=np.int64)}
+    mfcc, frames = benchmark(frontend_session.run, None, feed)
+    assert mfcc.shape == (batch, cfg.num_frames(audio.shape[1]), cfg.n_mfcc) and np.all(frames == mfcc.shape[1])
+    _per(benchmark, batch, "clip")
+
+
+@pytest.mark.parametrize("batch", [32, 256])
+def test_tokenise_batched(benchmark, spec, batch):
+    from runtime.text import TextEncoder
+
+    enc = TextEncoder(spec.path(spec.tokenizer_file), spec.max_tokens, spec.max_text_chars)
+    texts = make_sentences(batch, words=12)
+    ids, lengths = benchmark(enc.encode, texts)
+    assert ids.shape[0] == batch and lengths.min() >= 14  # 12 words + [CLS] + [SEP]
+    _per(benchmark, batch, "sentence")
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_engine_call_onnxruntime(benchmark, spec, batch):
+    from runtime.recognizer import EmotionRecognizer
+
+    rec = EmotionRecognizer.load(MODEL_DIR, engine="ort")
+    items = [
+        rec.prepare(speechlike(CLIP_SECONDS, seed=i), t, sample_rate=rec.sample_rate) for i, t in enumerate(make_sentences(batch))
+    ]
+    feed = rec.build_feed(items)
+    logits = benchmark(rec.engine.infer, feed)
+    assert logits.shape == (batch, len(rec.labels)) and np.all(np.isfinite(logits))
+    _per(benchmark, batch, "clip")

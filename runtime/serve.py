@@ -1,0 +1,96 @@
+"""Command line: the emotion server for robots and kiosks.
+
+    python -m runtime.serve                       # bundled weights, best engine, 127.0.0.1:8080
+    python -m runtime.serve --engine ort --port 9000 --max-batch 16 --max-delay-ms 10
+    python -m runtime.serve --host 0.0.0.0 --api-key "$EMOTECH_API_KEY"
+
+Endpoints: POST /v1/recognize, WS /v1/stream, GET /v1/model, /healthz, /readyz,
+/metrics, /openapi.json (see runtime/server/openapi.json). SIGTERM or Ctrl-C stops
+accepting connections, finishes the requests already received and exits 0.
+Exit codes: 0 after a clean shutdown, 2 for a usage, model or engine error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from runtime.errors import EmotionError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime.serve", description="Dynamic-batching HTTP + WebSocket emotion server.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-dir", default=None, help="model folder; none: the bundled weights")
+    p.add_argument("--engine", default="auto", choices=["auto", "trt", "ort", "torch"], help="auto: trt, else torch on CUDA, else ort")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="none: cuda for trt/torch when a GPU is present, else cpu")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads; none: one per core")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; a non-loopback address needs --api-key")
+    p.add_argument("--port", type=int, default=8080, help="0: any free port")
+    # Read from the environment in main(), never as a default: --help would print it.
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /healthz; none: $EMOTECH_API_KEY if set")
+    p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without an API key")
+    p.add_argument("--max-batch", type=int, default=32, help="items per engine call")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--max-queue", type=int, default=256, help="queued items before answering 503")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (504 after it)")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="request body limit (413 above it)")
+    p.add_argument("--max-audio-seconds", type=float, default=None, help="none: the model's maximum")
+    p.add_argument("--max-text-chars", type=int, default=None, help="none: the model's maximum")
+    p.add_argument("--decode-threads", type=int, default=2, help="threads decoding request audio and running the VAD")
+    p.add_argument("--drain-timeout-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take")
+    p.add_argument("--no-stream", action="store_true", help="disable /v1/stream (no VAD model loaded)")
+    p.add_argument("--no-warmup", action="store_true", help="ready at once, without the warm-up batches")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log = logging.getLogger("emotech.serve")
+    try:
+        from runtime.server.app import create_app
+        from runtime.server.engine import load_recognizer
+        from runtime.server.limits import ServeConfig, is_loopback
+        from runtime.server.runner import serve
+        from runtime.server.vad import SileroVad
+    except ImportError as e:
+        print(f"error: the server needs the [serve] extra: pip install 'emotech[serve]' ({e})", file=sys.stderr)
+        return 2
+    try:
+        config = ServeConfig(
+            host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+            timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
+            max_text_chars=args.max_text_chars, api_key=args.api_key or os.environ.get("EMOTECH_API_KEY") or None, decode_threads=args.decode_threads,
+            drain_timeout_s=args.drain_timeout_s)
+        if not is_loopback(config.host) and not config.api_key and not args.insecure_no_auth:
+            raise ValueError(f"--host {config.host} exposes the server beyond this machine: give --api-key (or --insecure-no-auth)")
+        rec, notes = load_recognizer(args.model_dir, args.engine, args.precision, args.device, args.max_batch, args.threads)
+        vad = None if args.no_stream else SileroVad()
+    except (EmotionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in notes:
+        log.info("engine %s", note)
+    info = rec.engine.describe()
+    log.info("model %s (%s): engine %s, precision %s, device %s", rec.spec.raw.get("name", "?"), rec.spec.root,
+             info.get("engine"), info.get("precision"), info.get("device"))
+    app = create_app(rec, config, vad=vad, warm_up=not args.no_warmup)
+    try:
+        asyncio.run(serve(app, config.host, config.port, config.drain_timeout_s))
+    except OSError as e:  # e.g. the port is taken
+        print(f"error: cannot listen on {config.host}:{config.port}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        rec.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The HTTP application: routes, auth, JSON errors, and the request path of
+``POST /v1/recognize`` (parse -> limits -> decode on a thread -> batcher -> JSON).
+
+``create_app(recognizer, config)`` returns an ``aiohttp`` application; ``runtime.server.runner``
+serves it. Nothing here blocks the event loop: decoding runs on a small thread pool and
+inference on the batcher's worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import hmac
+import json
+import logging
+import time
+
+import numpy as np
+from aiohttp import web
+
+from runtime.errors import EmotionError
+from runtime.recognizer import EmotionRecognizer, Item
+from runtime.server import limits, openapi
+from runtime.server.batcher import Batcher, BatcherClosedError, BatchResult, QueueFullError
+from runtime.server.limits import ApiError, ServeConfig
+from runtime.server.metrics import Metrics
+from runtime.server.vad import SileroVad, VadConfig
+
+log = logging.getLogger("emotech.serve")
+
+
+class ServerState:
+    """Everything the handlers share. Stored on the app as ``app[STATE]``."""
+
+    def __init__(self, recognizer: EmotionRecognizer, config: ServeConfig, vad: SileroVad | None, vad_config: VadConfig):
+        spec = recognizer.spec
+        self.recognizer = recognizer
+        self.config = config
+        self.vad = vad
+        self.vad_config = vad_config
+        self.max_audio_seconds = min(config.max_audio_seconds or spec.frontend.max_audio_seconds, spec.frontend.max_audio_seconds)
+        self.max_text_chars = min(config.max_text_chars or spec.max_text_chars, spec.max_text_chars)
+        self.in_flight = 0
+        self.metrics = Metrics(queue_depth=lambda: self.batcher.depth, in_flight=lambda: self.in_flight)
+        self.batcher = Batcher(recognizer, config.max_batch, config.max_delay_ms, config.max_queue, self.metrics)
+        self.pool = concurrent.futures.ThreadPoolExecutor(config.decode_threads, thread_name_prefix="emotech-decode")
+        self.ready = False  # set after warm-up, cleared when draining
+        self.streams: set = set()  # open StreamSession objects
+
+    async def prepare(self, audio: bytes | np.ndarray | None, text: str | None, sample_rate: int | None = None) -> tuple[Item, float]:
+        """Decode and validate off the event loop; returns (item, seconds it took)."""
+        start = time.perf_counter()
+        try:
+            item = await asyncio.get_running_loop().run_in_executor(self.pool, self.recognizer.prepare, audio, text, sample_rate)
+        except EmotionError as e:
+            raise limits.from_emotion_error(e) from e
+        decode_s = time.perf_counter() - start
+        self.metrics.stage.observe(decode_s, "decode")
+        return item, decode_s
+
+    async def infer(self, item: Item, deadline: float) -> BatchResult:
+        """Queue ``item`` for the next batch and wait for its result until ``deadline``
+        (``time.monotonic()``); raises ``ApiError`` 503 / 504 / 500."""
+        try:
+            fut = self.batcher.submit(item)
+        except QueueFullError as e:
+            raise ApiError(503, "queue_full", str(e), "max_queue", self.config.max_queue,
+                           headers={"Retry-After": str(e.retry_after_s)}) from e
+        try:
+            result = await asyncio.wait_for(fut, max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError as e:
+            raise ApiError(504, "timeout", f"no result within {self.config.timeout_s:g} s", "timeout_s", self.config.timeout_s) from e
+        except BatcherClosedError as e:
+            raise ApiError(503, "shutting_down", str(e)) from e
+        except Exception as e:
+            raise ApiError(500, "inference_failed", f"inference failed: {e}") from e
+        self.metrics.stage.observe(result.queue_s, "queue")
+        return result
+
+    async def warm_up(self) -> None:
+        """One engine call at batch 1 and one at ``max_batch`` (allocates buffers and
+        builds kernels before the first real request), then mark the server ready."""
+        sr = self.recognizer.sample_rate
+        rng = np.random.default_rng(0)
+        clip = (0.05 * rng.standard_normal(2 * sr)).astype(np.float32)
+        item = self.recognizer.prepare(clip, "warm up", sr)
+        start = time.perf_counter()
+        try:
+            for n in sorted({1, self.config.max_batch}):
+                await self.batcher.run_now([item] * n)
+        except Exception:  # noqa: BLE001 - stay alive but never report ready
+            log.exception("warm-up failed; /readyz stays 503")
+            return
+        log.info("warm-up done in %.2f s (batches of %s)", time.perf_counter() - start, sorted({1, self.config.max_batch}))
+        self.ready = True
+
+
+STATE = web.AppKey("emotech_state", ServerState)
+
+
+def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers, dumps=lambda o: json.dumps(o, separators=(",", ":")))
+
+
+def endpoint_of(request: web.Request) -> str:
+    """The route template (bounded metric labels), or 'other' for unmatched paths."""
+    route = request.match_info.route
+    info = route.resource.canonical if route.resource is not None else None
+    return info or "other"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Auth, JSON errors, request counting and the in-flight gauge."""
+    state = request.app[STATE]
+    state.in_flight += 1
+    status = 500
+    try:
+        key = state.config.api_key
+        if key and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())):
+                raise ApiError(401, "unauthorized", "missing or wrong API key; send 'Authorization: Bearer <key>'",
+                               headers={"WWW-Authenticate": "Bearer"})
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as e:
+        status = e.status
+        return json_response(e.body(), e.status, e.headers)
+    except web.HTTPRequestEntityTooLarge as e:
+        status = 413
+        err = limits.body_too_large(state.config.max_body_bytes, getattr(e, "actual_size", None))
+        return json_response(err.body(), 413)
+    except web.HTTPException as e:
+        status = e.status
+        if e.status < 400:
+            raise
+        return json_response({"error": {"code": e.reason.lower().replace(" ", "_"), "message": e.text or e.reason}}, e.status,
+                            {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")})
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"error": {"code": "internal_error", "message": "internal server error"}}, 500)
+    finally:
+        state.in_flight -= 1
+        endpoint = endpoint_of(request)
+        if endpoint != "/v1/stream":  # the stream counts its segments itself
+            state.metrics.requests.inc(endpoint, str(status))
+
+
+# ----------------------------------------------------------------------- handlers
+
+
+async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | None, object]:
+    """(audio bytes or None, text or None) from a multipart or JSON body."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise limits.body_too_large(max_bytes, request.content_length)
+    ctype = request.content_type
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: text-only forms
+        form = await request.post()
+        audio = form.get("audio")
+        text = form.get("text")
+        if audio is not None and not isinstance(audio, (str, bytes)):
+            audio = audio.file.read()
+        elif isinstance(audio, str):
+            raise ApiError(400, "bad_request", "the 'audio' field must be a file upload (WAV, FLAC or OGG)")
+        if text is not None and not isinstance(text, str):
+            raise ApiError(400, "invalid_text", "the 'text' field must be a plain form field, not a file")
+        return audio, text
+    if ctype == "application/json":
+        try:
+            body = json.loads(await request.read())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "body must be a JSON object {\"audio_b64\": ..., \"text\": ...}")
+        audio_b64 = body.get("audio_b64")
+        audio = None
+        if audio_b64 is not None:
+            if not isinstance(audio_b64, str):
+                raise ApiError(400, "invalid_base64", "audio_b64 must be a base64 string")
+            try:
+                audio = base64.b64decode(audio_b64, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise ApiError(400, "invalid_base64", f"audio_b64 is not valid base64: {e}") from e
+        return audio, body.get("text")
+    raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype or 'none'} is not accepted; send multipart/form-data "
+                   "(fields 'audio', 'text') or application/json ({\"audio_b64\", \"text\"})")
+
+
+async def recognize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    start = time.perf_counter()
+    deadline = time.monotonic() + state.config.timeout_s
+    audio, text = await read_request(request, state.config.max_body_bytes)
+    text = limits.check_text(text, state.max_text_chars)
+    if audio is None and text is None:
+        raise ApiError(400, "missing_input", "send an 'audio' file, a 'text' field, or both")
+    if audio is not None:
+        limits.check_audio_duration(audio, state.max_audio_seconds)
+    item, decode_s = await state.prepare(audio, text)
+    result = await state.infer(item, deadline)
+    total_s = time.perf_counter() - start
+    state.metrics.stage.observe(total_s, "total")
+    return json_response(result_body(result, decode_s, total_s))
+
+
+def result_body(result: BatchResult, decode_s: float, total_s: float) -> dict:
+    ms = 1000.0
+    return {
+        **result.prediction.to_dict(),
+        "timings_ms": {
+            "decode": round(decode_s * ms, 3),
+            "queue": round(result.queue_s * ms, 3),
+            "infer": round(result.infer_s * ms, 3),
+            "total": round(total_s * ms, 3),
+        },
+        "batch_size": result.batch_size,
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if not state.ready:
+        return json_response({"status": "not ready"}, 503, {"Retry-After": "1"})
+    return json_response({"status": "ready"})
+
+
+async def model(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    cfg = state.config
+    body = state.recognizer.describe()
+    body["server"] = {
+        "max_batch": cfg.max_batch,
+        "max_delay_ms": cfg.max_delay_ms,
+        "max_queue": cfg.max_queue,
+        "timeout_s": cfg.timeout_s,
+        "max_body_bytes": cfg.max_body_bytes,
+        "max_audio_seconds": state.max_audio_seconds,
+        "max_text_chars": state.max_text_chars,
+        "stream": {"available": state.vad is not None, "sample_rate": 16000, "vad": state.vad_config.__dict__},
+    }
+    return json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[STATE].metrics.render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(openapi.schema())
+
+
+# -------------------------------------------------------------------------- app
+
+
+def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None, vad: SileroVad | None = None,
+               vad_config: VadConfig | None = None, warm_up: bool = True) -> web.Application:
+    """The server application for a loaded recognizer.
+
+    Args:
+        recognizer: the model on its engine; the server calls ``prepare`` and ``run``.
+        config: batching, queue and limit options (default: ``ServeConfig()``).
+        vad: the voice-activity detector for ``/v1/stream`` (None: the stream endpoint
+            answers 503).
+        vad_config: segmentation options (default: ``VadConfig`` with the model's max length).
+        warm_up: run the warm-up batches at start-up before ``/readyz`` turns ready.
+    """
+    from runtime.server.stream import stream
+
+    config = config or ServeConfig()
+    vad_config = vad_config or VadConfig(max_speech_s=recognizer.spec.frontend.max_audio_seconds)
+    app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body_bytes)
+    state = ServerState(recognizer, config, vad, vad_config)
+    app[STATE] = state
+    app.router.add_post("/v1/recognize", recognize)
+    app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/v1/model", model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
+
+    async def on_startup(app: web.Application) -> None:
+        state.batcher.start()
+        if warm_up:
+            app[WARMUP] = asyncio.get_running_loop().create_task(state.warm_up())
+        else:
+            state.ready = True
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Stops accepting work: /readyz turns 503; open streams are flushed and closed.
+        state.ready = False
+        await asyncio.gather(*(s.finish(1001) for s in list(state.streams)), return_exceptions=True)
+
+    async def on_cleanup(app: web.Application) -> None:
+        task = app.get(WARMUP)
+        if task is not None and not task.done():
+            task.cancel()
+        await state.batcher.drain(config.drain_timeout_s)
+        await state.batcher.close()
+        state.pool.shutdown(wait=False, cancel_futures=True)
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+WARMUP = web.AppKey("emotech_warmup", asyncio.Task)

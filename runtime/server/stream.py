@@ -1,0 +1,169 @@
+"""``WS /v1/stream``: microphone audio in, one emotion result per utterance out.
+
+Protocol (all JSON messages are text frames):
+
+* server -> client on connect: ``{"type": "ready", "sample_rate": 16000, "window": 512}``
+* client -> server: binary frames of little-endian PCM16 mono audio at 16 kHz, any
+  length (an even number of bytes); optionally ``{"type": "transcript", "text": ...}``,
+  which is attached to the utterance in progress (or the next one to start); and
+  ``{"type": "end"}`` when the audio is over.
+* server -> client per utterance: ``{"type": "result", "segment", "start_s", "end_s",
+  "label", "scores", "modalities", "duration_s", "timings_ms", "batch_size"}``, or
+  ``{"type": "error", "segment"?, "error": {code, message}}``.
+* after ``end`` (or when the server shuts down): the last utterance is closed, every
+  pending result is sent, then ``{"type": "done", "segments": N}`` and the socket closes.
+
+Utterances are found by Silero VAD (``runtime.server.vad``); their recognition goes
+through the same batcher as ``/v1/recognize``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from runtime.server import limits
+from runtime.server.limits import ApiError
+from runtime.server.vad import SAMPLE_RATE, WINDOW, Segment, Segmenter, pcm16_to_float
+
+log = logging.getLogger("emotech.serve")
+ENDPOINT = "/v1/stream"
+
+
+class StreamSession:
+    """One client's stream: VAD state, pending transcript and in-flight results."""
+
+    def __init__(self, state, ws: web.WebSocketResponse):
+        self.state = state
+        self.ws = ws
+        self.segmenter = Segmenter(state.vad, state.vad_config)
+        self.text: list[str] = []  # transcript for the utterance in progress
+        self.tasks: set[asyncio.Task] = set()
+        self.count = 0
+        self._send_lock = asyncio.Lock()
+        self._vad_lock = asyncio.Lock()  # feed() and flush() may come from two tasks (run, shutdown)
+        self._finished = asyncio.Event()
+        self._finishing = False
+
+    async def send(self, body: dict) -> None:
+        async with self._send_lock:
+            if not self.ws.closed:
+                try:
+                    await self.ws.send_str(json.dumps(body, separators=(",", ":")))
+                except (ConnectionError, RuntimeError):
+                    pass  # the client went away; its results have nowhere to go
+
+    async def run(self) -> None:
+        await self.send({"type": "ready", "sample_rate": SAMPLE_RATE, "window": WINDOW})
+        max_samples = int(self.state.config.max_stream_seconds * SAMPLE_RATE)
+        while not self._finishing:
+            msg = await self.ws.receive()
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    samples = pcm16_to_float(msg.data)
+                except ValueError as e:
+                    await self.send({"type": "error", "error": {"code": "bad_frame", "message": str(e)}})
+                    continue
+                if self.segmenter.position + samples.size > max_samples:
+                    await self.send({"type": "error", "error": {"code": "stream_too_long", "message": (
+                        f"a stream may carry at most {self.state.config.max_stream_seconds:g} s of audio; reconnect"),
+                        "limit": "max_stream_seconds", "max": self.state.config.max_stream_seconds}})
+                    break
+                self.schedule(await self.segment(self.segmenter.feed, samples))
+            elif msg.type == WSMsgType.TEXT:
+                await self.on_text(msg.data)
+                if self._finishing:
+                    break
+            else:  # CLOSE, CLOSING, CLOSED, ERROR: the client is gone or leaving
+                break
+        await self.finish(1000)
+
+    async def on_text(self, data: str) -> None:
+        try:
+            body = json.loads(data)
+            kind = body.get("type") if isinstance(body, dict) else None
+        except json.JSONDecodeError:
+            kind = None
+        if kind == "end":
+            self._finishing = True
+        elif kind == "transcript":
+            try:
+                text = limits.check_text(body.get("text"), self.state.max_text_chars)
+                if text:
+                    self.text.append(text)
+            except ApiError as e:
+                await self.send({"type": "error", "error": e.body()["error"]})
+        else:
+            await self.send({"type": "error", "error": {"code": "bad_message", "message": (
+                'text frames must be JSON: {"type": "transcript", "text": ...} or {"type": "end"}')}})
+
+    async def segment(self, fn, *args) -> list[Segment]:
+        """Run the VAD (``feed`` or ``flush``) on the decode pool, one call at a time."""
+        async with self._vad_lock:
+            return await asyncio.get_running_loop().run_in_executor(self.state.pool, fn, *args)
+
+    def schedule(self, segments: list[Segment]) -> None:
+        for seg in segments:
+            text = " ".join(self.text) or None
+            self.text = []
+            self.count += 1
+            self.state.metrics.segments.inc()
+            task = asyncio.get_running_loop().create_task(self.recognize(seg, text))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def recognize(self, seg: Segment, text: str | None) -> None:
+        start = time.perf_counter()
+        deadline = time.monotonic() + self.state.config.timeout_s
+        head = {"type": "result", "segment": seg.index, "start_s": round(seg.start_s, 3), "end_s": round(seg.end_s, 3)}
+        try:
+            text = limits.check_text(text[-self.state.max_text_chars:] if text else None, self.state.max_text_chars)
+            item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE)
+            result = await self.state.infer(item, deadline)
+        except ApiError as e:
+            self.state.metrics.requests.inc(ENDPOINT, str(e.status))
+            await self.send({"type": "error", "segment": seg.index, "start_s": head["start_s"], "end_s": head["end_s"],
+                             "error": e.body()["error"]})
+            return
+        from runtime.server.app import result_body
+
+        total_s = time.perf_counter() - start
+        self.state.metrics.stage.observe(total_s, "total")
+        self.state.metrics.requests.inc(ENDPOINT, "200")
+        await self.send({**head, **result_body(result, decode_s, total_s)})
+
+    async def finish(self, code: int) -> None:
+        """Close the open utterance, wait for every result, say done, close (once)."""
+        self._finishing = True
+        if self._finished.is_set():
+            return
+        self._finished.set()
+        if not self.ws.closed:
+            self.schedule(await self.segment(self.segmenter.flush))
+        if self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        await self.send({"type": "done", "segments": self.count})
+        await self.ws.close(code=code)
+
+
+async def stream(request: web.Request) -> web.WebSocketResponse:
+    from runtime.server.app import STATE
+
+    state = request.app[STATE]
+    if state.vad is None:
+        raise ApiError(503, "stream_unavailable", "this server runs without a voice-activity detector; /v1/stream is off")
+    ws = web.WebSocketResponse(max_msg_size=state.config.max_body_bytes, heartbeat=30.0)
+    await ws.prepare(request)
+    session = StreamSession(state, ws)
+    state.streams.add(session)
+    state.metrics.streams.set(len(state.streams))
+    try:
+        await session.run()
+    finally:
+        state.streams.discard(session)
+        state.metrics.streams.set(len(state.streams))
+    return ws

@@ -1,0 +1,263 @@
+"""TensorRT engine cache: optimisation profile, cache key and a self-checking file format.
+
+Pure Python (no TensorRT, no GPU), shared by ``export.trt`` (which builds engines) and
+``runtime.engines.trt`` (which loads them), and unit-tested without either.
+
+A serialised engine only runs on the GPU model and TensorRT version that built it, for
+the ONNX graph, precision and shape ranges it was built from. The cache key hashes all of
+those, and every cache file carries them again in a header together with the payload's
+length and sha256, so a file that is truncated, corrupted, or was built for something
+else is detected and rebuilt (with a warning) instead of being handed to TensorRT.
+
+File layout: ``MAGIC`` (8 bytes) | header length (uint32 little-endian) | header (UTF-8
+JSON) | engine bytes. Writes go to a temporary file in the same folder, are flushed and
+fsync'ed, then ``os.replace``'d over the target, so readers never see a partial file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAGIC = b"EMOTRT01"
+FORMAT_VERSION = 1
+_LEN = struct.Struct("<I")
+MAX_HEADER_BYTES = 1 << 20
+
+
+class CacheError(Exception):
+    """A cache file cannot be used (subclasses say why)."""
+
+
+class CacheMissing(CacheError):
+    """No cache file."""
+
+
+class CacheCorrupt(CacheError):
+    """Bad magic, unreadable header, truncated or altered payload."""
+
+
+class CacheMismatch(CacheError):
+    """A valid file built for another GPU, TensorRT version, graph, precision or profile."""
+
+
+def _triple(name: str, values: tuple, cast: type) -> tuple:
+    vals = tuple(cast(v) for v in values)
+    if len(vals) != 3 or not 0 < vals[0] <= vals[1] <= vals[2]:
+        raise ValueError(f"{name} must be three positive numbers min <= opt <= max, got {values}")
+    return vals
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Shape ranges the engine is optimised for (TensorRT optimisation profile).
+
+    The runtime pads a batch up to the minimum audio and token lengths (the model is
+    length-aware, so padding never changes a result) and splits batches above the maximum.
+    """
+
+    batch: tuple[int, int, int] = (1, 8, 32)  # items per engine call: min, opt, max
+    audio_seconds: tuple[float, float, float] = (0.5, 4.0, 30.0)  # padded audio length, s
+    tokens: tuple[int, int, int] = (1, 32, 128)  # padded token length incl. [CLS]/[SEP]
+    sample_rate: int = 16000  # Hz; converts seconds to samples
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch", _triple("batch", self.batch, int))
+        object.__setattr__(self, "audio_seconds", _triple("audio_seconds", self.audio_seconds, float))
+        object.__setattr__(self, "tokens", _triple("tokens", self.tokens, int))
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+
+    @property
+    def samples(self) -> tuple[int, int, int]:
+        return tuple(round(s * self.sample_rate) for s in self.audio_seconds)  # type: ignore[return-value]
+
+    def shapes(self, inputs: tuple[str, ...] = ("audio", "audio_lengths", "tokens", "token_lengths", "has_audio", "has_text")) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """``{input: (min_shape, opt_shape, max_shape)}`` for the named graph inputs."""
+        b, n, t = self.batch, self.samples, self.tokens
+        table = {
+            "audio": tuple((b[i], n[i]) for i in range(3)),
+            "tokens": tuple((b[i], t[i]) for i in range(3)),
+        }
+        return {name: table.get(name, tuple((b[i],) for i in range(3))) for name in inputs}
+
+    def covers(self, batch: int, samples: int | None = None, tokens: int | None = None) -> bool:
+        """True when a padded batch of these sizes fits the profile."""
+        ok = self.batch[0] <= batch <= self.batch[2]
+        if samples is not None:
+            ok &= self.samples[0] <= samples <= self.samples[2]
+        if tokens is not None:
+            ok &= self.tokens[0] <= tokens <= self.tokens[2]
+        return ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+    @classmethod
+    def for_spec(cls, spec: Any, batch: tuple[int, int, int] | None = None, audio_seconds: tuple[float, float, float] | None = None, tokens: tuple[int, int, int] | None = None) -> Profile:
+        """The kiosk defaults fitted to a model folder: audio from the shortest to the longest
+        clip the front-end accepts, tokens up to the spec's ``max_tokens``."""
+        fe = spec.frontend
+        opt_s = min(max(4.0, fe.min_audio_seconds), fe.max_audio_seconds)
+        return cls(
+            batch=batch or (1, 8, 32),
+            audio_seconds=audio_seconds or (fe.min_audio_seconds, opt_s, fe.max_audio_seconds),
+            tokens=tokens or (1, min(32, spec.max_tokens), spec.max_tokens),
+            sample_rate=fe.sample_rate,
+        )
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything an engine depends on. ``digest`` names the cache file."""
+
+    gpu_name: str  # e.g. "NVIDIA H100 80GB HBM3", "Orin"
+    compute_capability: str  # "9.0", "8.7"
+    tensorrt_version: str  # trt.__version__
+    onnx_sha256: str  # of the exact ONNX file parsed
+    precision: str  # fp32 | fp16 | int8 (the graph variant)
+    profile: Profile
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["profile"] = self.profile.to_dict()
+        d["format"] = FORMAT_VERSION
+        return d
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def filename(self, stem: str) -> str:
+        """``<stem>.<precision>.<gpu>-sm<cc>-trt<version>.<digest[:16]>.engine``."""
+        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower() or "gpu"
+        cc = self.compute_capability.replace(".", "")
+        return f"{stem}.{self.precision}.{gpu}-sm{cc}-trt{self.tensorrt_version}.{self.digest[:16]}.engine"
+
+    def timing_cache_name(self) -> str:
+        """One timing cache per GPU model and TensorRT version, shared by all graphs."""
+        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower() or "gpu"
+        return f"timing.{gpu}-sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt_version}.cache"
+
+
+def default_cache_dir() -> Path:
+    """``$EMOTECH_CACHE/trt``, else ``$XDG_CACHE_HOME/emotech/trt``, else ``~/.cache/emotech/trt``
+    (not the model folder, which may be read-only or shared between machines)."""
+    if os.environ.get("EMOTECH_CACHE"):
+        return Path(os.environ["EMOTECH_CACHE"]) / "trt"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "emotech" / "trt"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pack(key: CacheKey, payload: bytes, extra: dict[str, Any] | None = None) -> bytes:
+    """Header + payload bytes of a cache file."""
+    header = {
+        "key": key.to_dict(),
+        "digest": key.digest,
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        **(extra or {}),
+    }
+    head = json.dumps(header, sort_keys=True).encode()
+    return MAGIC + _LEN.pack(len(head)) + head + payload
+
+
+def unpack(blob: bytes, key: CacheKey | None = None) -> tuple[dict[str, Any], bytes]:
+    """Header and payload of a cache file's bytes, checked.
+
+    Raises:
+        CacheCorrupt: bad magic or header, truncated or altered payload.
+        CacheMismatch: the file is intact but was built for a different ``key``.
+    """
+    if len(blob) < len(MAGIC) + _LEN.size or blob[: len(MAGIC)] != MAGIC:
+        raise CacheCorrupt("not an EmoTech engine cache file (bad magic or too short)")
+    (n,) = _LEN.unpack_from(blob, len(MAGIC))
+    start = len(MAGIC) + _LEN.size
+    if n > MAX_HEADER_BYTES or start + n > len(blob):
+        raise CacheCorrupt("truncated header")
+    try:
+        header = json.loads(blob[start : start + n].decode())
+        size, sha = int(header["payload_bytes"]), str(header["payload_sha256"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CacheCorrupt(f"unreadable header: {e}") from e
+    payload = blob[start + n :]
+    if len(payload) != size:
+        raise CacheCorrupt(f"payload is {len(payload)} bytes, header says {size} (truncated or appended)")
+    if hashlib.sha256(payload).hexdigest() != sha:
+        raise CacheCorrupt("payload sha256 does not match the header")
+    if key is not None and header.get("digest") != key.digest:
+        theirs = header.get("key", {})
+        diff = sorted(k for k, v in key.to_dict().items() if theirs.get(k) != v)
+        raise CacheMismatch(f"built for a different {', '.join(diff) or 'key'}")
+    return header, payload
+
+
+def read(path: Path, key: CacheKey) -> bytes:
+    """The engine bytes cached at ``path`` for ``key`` (raises a ``CacheError`` subclass)."""
+    try:
+        blob = Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise CacheMissing(f"{path} does not exist") from e
+    return unpack(blob, key)[1]
+
+
+def write(path: Path, key: CacheKey, payload: bytes, extra: dict[str, Any] | None = None) -> None:
+    atomic_write(path, pack(key, payload, extra))
+
+
+def load_or_build(path: Path, key: CacheKey, build: Callable[[], bytes], extra: dict[str, Any] | None = None) -> tuple[bytes, bool]:
+    """Engine bytes for ``key``: from ``path`` when it holds a valid engine for exactly this
+    key, else from ``build()`` (then cached atomically). Returns ``(bytes, built)``.
+
+    A corrupt or mismatched file is reported with a ``RuntimeWarning`` and replaced.
+    """
+    try:
+        return read(path, key), False
+    except CacheMissing:
+        pass
+    except CacheError as e:
+        warnings.warn(f"TensorRT engine cache {path} is unusable ({e}); rebuilding it", RuntimeWarning, stacklevel=2)
+    payload = build()
+    if not payload:
+        raise RuntimeError("the TensorRT build returned no engine")
+    write(path, key, payload, extra)
+    return payload, True
+
+
+def parse_triple(text: str, cast: type = int) -> tuple:
+    """``"1,8,32"`` -> ``(1, 8, 32)`` for CLI options (raises ``ValueError``)."""
+    parts = [p for p in re.split(r"[,:\s]+", text.strip()) if p]
+    if len(parts) != 3:
+        raise ValueError(f"expected three comma-separated values min,opt,max, got {text!r}")
+    return tuple(cast(p) for p in parts)

@@ -1,0 +1,168 @@
+"""Smoke test of the latency harness (``python -m benchmarks.latency``) on the tiny model,
+and unit tests of its statistics, target checks and machine parsing, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import report as rep
+from benchmarks.machine import machine_info, machine_slug, parse_tegrastats, summarise_tegrastats
+from benchmarks.timing import Budget, Stats, measure
+from tests.helpers import requires_torch
+
+ROW_KEYS = {"engine", "precision", "device", "batch", "stage", "p50_ms", "p90_ms", "p99_ms", "min_ms", "throughput_per_s"}
+TEGRA_LINE = (
+    "11-22-2026 02:00:00 RAM 2345/7620MB (lfb 4x4MB) SWAP 0/3810MB (cached 0MB) CPU [12%@729,8%@729,20%@1510,0%@729] "
+    "EMC_FREQ 0% GR3D_FREQ 61% cpu@45.5C soc2@44.1C VDD_IN 5120mW/4980mW VDD_CPU_GPU_CV 1200mW/1100mW"
+)
+
+
+@requires_torch
+def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("librosa")
+    from benchmarks.latency import main
+
+    out = tmp_path / "res"
+    argv = [
+        "--model-dir",
+        str(tiny_model_dir),
+        "--batch",
+        "1,2",
+        "--audio-seconds",
+        "0.5",
+        "--text-words",
+        "4",
+        "--quick",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert report["schema"] == rep.SCHEMA and report["command"].startswith("python -m benchmarks.latency --model-dir")
+    assert {"cpu", "threads", "gpu", "jetson", "versions", "loadavg_start", "loadavg_end"} <= set(report["machine"])
+    rows = report["results"]
+    assert all(ROW_KEYS <= set(r) for r in rows)
+    got = {(r["engine"], r["batch"], r["stage"]) for r in rows}
+    for b in (1, 2):
+        for stage in ("decode", "resample", "tokenise", "frontend", "infer", "postprocess", "end_to_end"):
+            assert ("ort", b, stage) in got
+        for stage in ("load", "tokenise", "frontend", "infer", "postprocess", "end_to_end"):
+            assert ("baseline", b, stage) in got
+    for r in rows:
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["n"] >= 1
+    e2e = [q for q in report["ratios"] if q["stage"] == "end_to_end"]
+    assert {q["batch"] for q in e2e} == {1, 2} and all(q["p50_speedup"] > 0 for q in e2e)
+    # The baseline computes the same function as the engine: librosa MFCCs agree with the
+    # graph's front-end to ~1e-3, which moves the tiny model's logits far less than 1e-2.
+    (agree,) = report["agreement"]
+    assert agree["items"] == 2 and agree["max_abs_logit_diff"] < 1e-2 and agree["same_label"] == 2
+    assert report["targets"] == []  # quick runs never claim a target
+    md = (out / "latency.md").read_text()
+    assert "| ort | fp32 | cpu | 2 |" in md and "## Agreement with the baseline" in md
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _has_gpu_stack() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+
+        return True
+    except ImportError:
+        pass
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--engine", "trt", "--no-baseline"], "skipping engine trt fp32 on cuda"),
+        (["--engine", "ort", "--device", "cuda"], "skipping engine ort fp32 on cuda"),
+    ],
+)
+def test_unavailable_engine_or_device_is_skipped_with_a_message(tiny_model_dir, tmp_path, capsys, argv, message):
+    from benchmarks.latency import main
+
+    if _has_gpu_stack():
+        pytest.skip("a GPU stack (TensorRT or onnxruntime-gpu) is installed here: the engine would run")
+    out = tmp_path / "none"
+    assert main(["--model-dir", str(tiny_model_dir), "--quick", "--out", str(out), *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "nothing was measured" in err
+    assert not out.exists()
+
+
+def test_bad_options_name_what_is_allowed(capsys):
+    from benchmarks.latency import main
+
+    for argv, word in ((["--engine", "onnx"], "--engine"), (["--batch", "0"], "--batch"), (["--batch", "a"], "--batch")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and word in capsys.readouterr().err
+
+
+def test_measure_honours_the_budget_and_percentiles_are_ordered():
+    calls = []
+    stats = measure(
+        lambda: calls.append(1), Budget(warmup_iters=2, warmup_time=0.0, min_iters=7, min_time=0.0, max_time=5.0, max_iters=7)
+    )
+    assert len(calls) == 9 and stats.n == 7
+    s = Stats.from_samples([0.001 * i for i in range(1, 101)], peak_rss_mb=1.0)
+    assert (s.min_ms, s.p50_ms, s.p99_ms) == pytest.approx((1.0, 50.5, 99.01))
+    with pytest.raises(ValueError, match="min_iters"):
+        Budget(min_iters=0)
+
+
+def _rows(
+    e2e_base: float, e2e_ort: float, b32_base: float, b32_ort: float, fe_base: float, fe_ort: float, tok_tput: float
+) -> list[dict]:
+    def row(engine, batch, stage, p50, tput=None):
+        return {"engine": engine, "precision": "fp32", "device": "cpu", "batch": batch, "stage": stage, "p50_ms": p50,
+                "throughput_per_s": tput if tput is not None else batch * 1e3 / p50}  # fmt: skip
+
+    return [
+        row("baseline", 1, "end_to_end", e2e_base), row("ort", 1, "end_to_end", e2e_ort),
+        row("baseline", 32, "end_to_end", b32_base), row("ort", 32, "end_to_end", b32_ort),
+        row("baseline", 32, "frontend", fe_base), row("ort", 32, "frontend", fe_ort),
+        row("ort", 32, "tokenise", 0.5, tok_tput),
+    ]  # fmt: skip
+
+
+def test_targets_are_met_or_not_from_the_numbers():
+    settings = {"audio_seconds": 3.0, "text_words": 12}
+    rows = _rows(30.0, 9.0, 960.0, 90.0, 64.0, 16.0, 60000.0)
+    got = {t["target"]: t for t in rep.targets(rows, rep.ratios(rows), settings)}
+    assert got["batch1_p50_speedup"]["value"] == pytest.approx(3.33) and got["batch1_p50_speedup"]["met"]
+    assert got["batch32_throughput_ratio"]["value"] == pytest.approx(10.67) and got["batch32_throughput_ratio"]["met"]
+    assert got["frontend_speedup_per_clip"]["met"] and got["tokenise_sentences_per_s"]["met"]
+    rows = _rows(30.0, 11.0, 960.0, 100.0, 64.0, 30.0, 40000.0)
+    got = {t["target"]: t for t in rep.targets(rows, rep.ratios(rows), settings)}
+    assert not any(t["met"] for t in got.values())
+    assert rep.targets(rows, rep.ratios(rows), {"audio_seconds": 1.0, "text_words": 12}) == []
+
+
+def test_machine_info_and_slugs():
+    info = machine_info()
+    assert info["cpu"]["logical_cores"] >= 1 and info["versions"]["numpy"] == np.__version__
+    slug = machine_slug(info)
+    assert slug and slug == slug.lower() and " " not in slug
+    jetson = {"jetson": {"module": "NVIDIA Jetson Orin Nano Developer Kit"}, "cpu": {}}
+    assert machine_slug(jetson) == "nvidia-jetson-orin-nano-developer-kit"
+    cpu = {
+        "jetson": None,
+        "gpu": {"name": "NVIDIA H100 80GB HBM3"},
+        "cpu": {"model": "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz", "usable_cores": 16},
+    }
+    assert machine_slug(cpu) == "intel-xeon-platinum-8480-16c-h100-80gb-hbm3"
+
+
+def test_tegrastats_lines_are_parsed():
+    p = parse_tegrastats(TEGRA_LINE)
+    assert p == {"ram_used_mb": 2345.0, "cpu_load_pct": 10.0, "gpu_load_pct": 61.0, "power_in_mw": 5120.0}
+    s = summarise_tegrastats([TEGRA_LINE, TEGRA_LINE.replace("GR3D_FREQ 61%", "GR3D_FREQ 99%")])
+    assert s["gpu_load_pct"] == {"mean": 80.0, "max": 99.0} and s["first_line"] == TEGRA_LINE

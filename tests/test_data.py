@@ -1,0 +1,99 @@
+"""Corpus loaders on tiny fixture trees that mimic each layout, and label sets as data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from export import data
+from tests.helpers import DATA_ROOT, encode, requires_data, speechlike
+
+EMO7 = data.load_labelset("emotech7")
+
+
+def make_iemocap(root):
+    """Two sessions in the IEMOCAP release layout with a few utterances each."""
+    rows = {
+        1: [("Ses01F_impro01_F000", "neu", "Excuse me."), ("Ses01F_impro01_M001", "exc", "Yeah!"),
+            ("Ses01F_impro01_F002", "fru", "Ugh, not again."), ("Ses01F_impro01_M003", "xxx", "Hm.")],
+        2: [("Ses02M_script01_1_F000", "ang", "Get out!"), ("Ses02M_script01_1_M001", "sad", "I miss her.")],
+    }
+    for sess, utts in rows.items():
+        base = root / f"Session{sess}"
+        dialog = utts[0][0].rsplit("_", 1)[0]
+        (base / "dialog" / "EmoEvaluation").mkdir(parents=True)
+        (base / "dialog" / "transcriptions").mkdir(parents=True)
+        (base / "sentences" / "wav" / dialog).mkdir(parents=True)
+        evals, trans = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""], []
+        for i, (utt, emo, text) in enumerate(utts):
+            evals += [f"[{i * 3 + 0.5:.4f} - {i * 3 + 2.1:.4f}]\t{utt}\t{emo}\t[2.5000, 3.0000, 3.5000]",
+                      f"C-E1:\t{emo};\t()", ""]
+            trans.append(f"{utt} [{i * 3 + 0.5:08.4f}-{i * 3 + 2.1:08.4f}]: {text}")
+            (base / "sentences" / "wav" / dialog / f"{utt}.wav").write_bytes(encode(speechlike(0.5, seed=i), 16000, "WAV"))
+        (base / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(evals))
+        (base / "dialog" / "transcriptions" / f"{dialog}.txt").write_text("\n".join(trans))
+
+
+def test_iemocap_layout_four_and_five_class(tmp_path):
+    make_iemocap(tmp_path)
+    four = data.load_iemocap(tmp_path, data.load_labelset("iemocap4"))
+    assert [(u.label, u.text, u.speaker) for u in four] == [
+        (0, "Excuse me.", "Ses01F"), (1, "Yeah!", "Ses01M"), (3, "Get out!", "Ses02F"), (2, "I miss her.", "Ses02M"),
+    ]
+    five = data.load_labelset("iemocap5")
+    items = data.load_iemocap(tmp_path, five, sessions=[1])
+    assert [five.labels[u.label] for u in items] == ["neutral", "happy", "frustrated"]
+    assert all(u.path.endswith(".wav") for u in items)
+
+
+def test_ravdess_names_and_split(tmp_path):
+    for actor in (1, 19, 21):
+        d = tmp_path / f"Actor_{actor:02d}"
+        d.mkdir()
+        for emo in ("01", "02", "05"):
+            (d / f"03-01-{emo}-01-02-01-{actor:02d}.flac").write_bytes(b"")
+    (tmp_path / "Actor_01" / "03-02-05-01-02-01-01.flac").write_bytes(b"")  # song channel: skipped
+    train = data.ravdess_split(tmp_path, EMO7, "train")
+    assert [EMO7.labels[u.label] for u in train] == ["neutral", "neutral", "angry"]
+    assert train[0].text == "Dogs are sitting by the door" and train[0].speaker == "ravdess_01"
+    assert {u.speaker for u in data.ravdess_split(tmp_path, EMO7, "test")} == {"ravdess_21"}
+    with pytest.raises(ValueError, match="not a RAVDESS file name"):
+        data.parse_ravdess_name("hello.wav")
+
+
+def test_goemotions_meld_and_normalisation(tmp_path):
+    (tmp_path / "labels.txt").write_text("anger\ndisgust\nfear\njoy\nneutral\nsadness\nsurprise\n")
+    (tmp_path / "test.tsv").write_text("I’m thrilled\t3\ta\nboth\t3,4\tb\nugh\t1\tc\n")
+    items = data.load_goemotions(tmp_path / "test.tsv", EMO7)
+    assert [(u.text, EMO7.labels[u.label]) for u in items] == [("I'm thrilled", "happy"), ("ugh", "disgust")]
+    assert len(data.load_goemotions(tmp_path / "test.tsv", EMO7, multilabel="first")) == 3
+    (tmp_path / "m.csv").write_text('Sr No.,Utterance,Speaker,Emotion\n1,"You\x92re late\x85",Ross,anger\n2,Hi,Joey,neutral\n')
+    meld = data.load_meld(tmp_path / "m.csv", EMO7)
+    assert meld[0].text == "You're late..." and EMO7.labels[meld[0].label] == "angry"
+    assert data.normalize_text("donâ€™t  stop") == "don't stop"
+
+
+def test_manifest_and_custom_labelset(tmp_path):
+    (tmp_path / "a.wav").write_bytes(encode(speechlike(0.5), 16000, "WAV"))
+    (tmp_path / "m.csv").write_text("path,label,text,speaker\na.wav,calm,all good,spk1\n")
+    custom = tmp_path / "mine.json"
+    custom.write_text(json.dumps({"labels": ["calm", "agitated"]}))
+    ls = data.load_labelset(str(custom))
+    items = data.load_manifest(tmp_path / "m.csv", ls)
+    assert items[0].path == str(tmp_path / "a.wav") and items[0].text == "all good" and items[0].label == 0
+    (tmp_path / "bad.csv").write_text("path,label\na.wav,furious\n")
+    with pytest.raises(ValueError, match="'furious' is not in"):
+        data.load_manifest(tmp_path / "bad.csv", ls)
+    with pytest.raises(ValueError, match="unknown label set"):
+        data.load_labelset("nope")
+
+
+@requires_data
+def test_real_corpora_counts():
+    assert len(data.ravdess_split(DATA_ROOT / "ravdess", EMO7, "train")) == 18 * 60
+    assert len(data.ravdess_split(DATA_ROOT / "ravdess", EMO7, "test")) == 4 * 60
+    test = data.load_goemotions(DATA_ROOT / "text" / "goemotions_ekman" / "test.tsv", EMO7)
+    assert 4500 < len(test) < 5427  # single-label rows only
+    meld = data.load_meld(DATA_ROOT / "text" / "meld" / "test_sent_emo.csv", EMO7)
+    assert len(meld) == 2610

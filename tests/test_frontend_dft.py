@@ -1,0 +1,99 @@
+"""The factorised real DFT of the front-end equals a dense windowed DFT, for the shipped
+configuration and others. Tolerances, relative to the peak power: 1e-6 for the float32
+constants in float64 arithmetic, 1e-5 for the float32 torch module."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.frontend import FrontendConfig, dft_factors, dft_kernel, factored_dft, hann_window, mel_filterbank, stacked_mel
+from tests.helpers import requires_torch, speechlike
+
+CONFIGS = [
+    FrontendConfig(),
+    FrontendConfig(n_fft=400),  # 20 x 20
+    FrontendConfig(hop_length=128),
+    FrontendConfig(n_fft=256, hop_length=100, n_mels=40, fmin=50.0, fmax=7600.0),  # n2 = 4
+    FrontendConfig(n_fft=16, hop_length=5, n_mels=4, n_mfcc=4),  # n2 = 1: a dense DFT
+]
+
+
+def factored_power(cfg: FrontendConfig, frames: np.ndarray) -> np.ndarray:
+    """Power per bin ``(F, n_freqs)`` of un-windowed ``frames`` via the two stages, float64."""
+    window, stage1, stage2, bins = (a.astype(np.float64) if a.dtype != np.int64 else a for a in factored_dft(cfg))
+    n1, n2 = window.shape
+    x = frames.reshape(-1, n1, n2) * window
+    a = x.transpose(0, 2, 1) @ stage1  # (F, n2, n1)
+    a = a.reshape(len(frames), n2, n1 // 2, 2).transpose(2, 0, 1, 3).reshape(n1 // 2, len(frames), 2 * n2)
+    y = a @ stage2
+    power = np.zeros((len(frames), cfg.n_freqs))
+    for q in range(n1 // 2):
+        for j in range(2 * n2):
+            power[:, bins[q, j]] += y[q, :, j] ** 2
+    return power
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.n_fft}-{c.hop_length}")
+def test_factors_divide_the_hop(cfg):
+    n1, n2 = dft_factors(cfg)
+    assert n1 * n2 == cfg.n_fft and n1 % 2 == 0 and cfg.hop_length % n2 == 0
+    assert dft_factors(FrontendConfig()) == (16, 32)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.n_fft}-{c.hop_length}")
+def test_two_stages_equal_the_dense_dft(cfg):
+    frames = np.random.default_rng(0).standard_normal((7, cfg.n_fft))
+    ref = np.abs(np.fft.rfft(frames * hann_window(cfg.n_fft), axis=1)) ** 2
+    got = factored_power(cfg, frames)
+    assert np.abs(got - ref).max() <= 1e-6 * ref.max()  # the constants are float32
+    bins = factored_dft(cfg)[3]
+    assert sorted(np.bincount(bins.ravel(), minlength=cfg.n_freqs)) == sorted(
+        [1, 1] + [2] * (cfg.n_freqs - 2)
+    )  # re+im, DC/Nyquist real
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.n_fft}-{c.hop_length}")
+def test_stacked_mel_maps_each_output_to_its_bin(cfg):
+    _, _, _, bins = factored_dft(cfg)
+    np.testing.assert_array_equal(stacked_mel(cfg), mel_filterbank(cfg).T[bins])
+
+
+@requires_torch
+@pytest.mark.parametrize("cfg", CONFIGS[:4], ids=lambda c: f"{c.n_fft}-{c.hop_length}")
+def test_torch_mel_power_equals_the_dense_convolution(cfg):
+    import torch
+
+    from export.frontend import MFCC
+
+    audio = np.stack([speechlike(0.7, seed=1), speechlike(0.7, seed=2) * 0.01])
+    with torch.no_grad():
+        got = MFCC(cfg).mel_power(torch.from_numpy(audio)).numpy().astype(np.float64)
+    padded = np.pad(audio.astype(np.float64), ((0, 0), (cfg.n_fft // 2, cfg.n_fft // 2)))
+    t = cfg.num_frames(audio.shape[1])
+    frames = padded[:, np.arange(t)[:, None] * cfg.hop_length + np.arange(cfg.n_fft)]
+    spec = frames @ dft_kernel(cfg).astype(np.float64).T
+    ref = (spec[..., : cfg.n_freqs] ** 2 + spec[..., cfg.n_freqs :] ** 2) @ mel_filterbank(cfg).T.astype(np.float64)
+    assert got.shape == ref.shape == (2, t, cfg.n_mels)
+    for i in range(2):  # each clip against its own peak: the quiet one is 40 dB down
+        assert np.abs(got[i] - ref[i]).max() <= 1e-5 * ref[i].max()
+
+
+@requires_torch
+def test_exported_graph_equals_eager_pytorch(tmp_path):
+    """Export frames with Gather, eager PyTorch with unfold: the same MFCCs, padding included."""
+    import onnxruntime as ort
+    import torch
+
+    from benchmarks.latency import export_frontend
+    from export.frontend import MFCC
+    from runtime.audio import pad_batch
+
+    cfg = FrontendConfig()
+    sess = ort.InferenceSession(str(export_frontend(cfg, tmp_path / "fe.onnx")), providers=["CPUExecutionProvider"])
+    audio, lengths = pad_batch([speechlike(1.3, seed=3), speechlike(0.4, seed=4) * 0.05])
+    got, got_frames = sess.run(None, {"audio": audio, "audio_lengths": lengths})
+    with torch.no_grad():
+        ref, ref_frames = MFCC(cfg)(torch.from_numpy(audio), torch.from_numpy(lengths))
+    np.testing.assert_array_equal(got_frames, ref_frames.numpy())
+    np.testing.assert_allclose(got, ref.numpy(), atol=1e-4)

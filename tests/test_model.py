@@ -1,0 +1,91 @@
+"""EmoTech padding invariance and missing-modality behaviour (PyTorch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import TINY_MODEL_CONFIG, requires_torch
+
+pytestmark = requires_torch
+
+
+@pytest.fixture(scope="module")
+def model():
+    import torch
+
+    from export.model import EmoTech, ModelConfig
+    from runtime.frontend import FrontendConfig
+
+    torch.manual_seed(1)
+    m = EmoTech(FrontendConfig(), ModelConfig.from_dict(TINY_MODEL_CONFIG)).eval()
+    for mod in m.modules():
+        if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        m.missing_audio.normal_()
+        m.missing_text.normal_()
+    return m
+
+
+def test_reverse_padded_reverses_within_length_only():
+    import torch
+
+    from export.model import reverse_padded
+
+    x = torch.arange(10.0).reshape(2, 5, 1)
+    out = reverse_padded(x, torch.tensor([3, 5]))[..., 0]
+    assert out.tolist() == [[2, 1, 0, 3, 4], [9, 8, 7, 6, 5]]
+
+
+def test_padding_never_changes_a_result(model):
+    import torch
+
+    from export.onnx import example_inputs
+
+    feed = example_inputs(model, batch=4, seconds=2.5, tokens=19, seed=3)
+    with torch.no_grad():
+        batch = model(**feed)
+        for i in range(4):
+            n, k = feed["audio_lengths"][i], feed["token_lengths"][i]
+            alone = model(
+                feed["audio"][i : i + 1, :n], feed["audio_lengths"][i : i + 1],
+                feed["tokens"][i : i + 1, :k], feed["token_lengths"][i : i + 1],
+                feed["has_audio"][i : i + 1], feed["has_text"][i : i + 1],
+            )
+            torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_backward_lstm_does_not_read_padding(model):
+    """Garbage in the padded tail (instead of zeros) must not move the valid outputs."""
+    import torch
+
+    from export.model import BiLSTM
+
+    torch.manual_seed(0)
+    lstm = BiLSTM(4, 3).eval()
+    x = torch.randn(2, 7, 4)
+    lengths = torch.tensor([4, 7])
+    with torch.no_grad():
+        clean = lstm(x, lengths)
+        x2 = x.clone()
+        x2[0, 4:] = 100.0
+        dirty = lstm(x2, lengths)
+    torch.testing.assert_close(clean[0, :4], dirty[0, :4])
+
+
+def test_missing_modality_uses_learned_vector(model):
+    import torch
+
+    from export.onnx import example_inputs
+
+    feed = example_inputs(model, batch=2, seconds=1.0, tokens=8)
+    with torch.no_grad():
+        both = model(**feed)
+        no_text = model(**{**feed, "has_text": torch.zeros(2)})
+        other_tokens = model(**{**feed, "has_text": torch.zeros(2), "tokens": torch.zeros_like(feed["tokens"])})
+        no_audio = model(**{**feed, "has_audio": torch.zeros(2)})
+        other_audio = model(**{**feed, "has_audio": torch.zeros(2), "audio": torch.zeros_like(feed["audio"])})
+    assert not torch.allclose(both, no_text)
+    torch.testing.assert_close(no_text, other_tokens)  # an absent text's tokens are ignored
+    torch.testing.assert_close(no_audio, other_audio)  # an absent clip's samples are ignored

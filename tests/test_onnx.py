@@ -1,0 +1,59 @@
+"""ONNX export: ORT vs PyTorch within 1e-4 on scores at batch 1 and 5 with different
+lengths; dynamic axes; a front-end TensorRT 10.3 can parse (no STFT/DFT ops), in FP32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import BUNDLED, requires_torch
+
+pytestmark = requires_torch
+ATOL = 1e-4  # on softmax scores
+
+
+def scores_parity(model, path) -> float:
+    import onnxruntime as ort
+    import torch
+
+    from export.onnx import example_inputs
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch, seconds, tokens in ((1, 0.9, 5), (5, 3.3, 31)):
+        feed = example_inputs(model, batch, seconds, tokens, seed=batch)
+        with torch.no_grad():
+            ref = torch.softmax(model(**feed), dim=1).numpy()
+        logits = sess.run(["logits"], {k: v.numpy() for k, v in feed.items()})[0]
+        got = np.exp(logits - logits.max(1, keepdims=True))
+        got /= got.sum(1, keepdims=True)
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def test_tiny_model_onnx_matches_pytorch(tiny_model_dir):
+    from export.bundle import load_torch_model
+
+    model, _ = load_torch_model(tiny_model_dir)
+    assert scores_parity(model, tiny_model_dir / "emotech.onnx") <= ATOL
+
+
+def test_graph_has_no_stft_and_dynamic_axes(tiny_model_dir):
+    import onnx
+
+    g = onnx.load(str(tiny_model_dir / "emotech.onnx"))
+    ops = {n.op_type for n in g.graph.node}
+    assert not ops & {"STFT", "DFT", "MelWeightMatrix", "HannWindow"}
+    assert {"Conv", "MatMul", "LSTM"} <= ops
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in g.graph.input}
+    assert dims["audio"] == ["batch", "samples"] and dims["tokens"] == ["batch", "tokens"]
+    # FP32 everywhere in the exported fp32 graph (the front-end must never be FP16)
+    assert all(i.data_type == onnx.TensorProto.FLOAT for i in g.graph.initializer if i.data_type in (1, 10))
+
+
+@pytest.mark.skipif(not (BUNDLED / "emotech.onnx").is_file(), reason="bundled weights not built")
+def test_shipped_onnx_matches_pytorch():
+    from export.bundle import load_torch_model
+
+    model, _ = load_torch_model(BUNDLED)
+    assert scores_parity(model, BUNDLED / "emotech.onnx") <= ATOL

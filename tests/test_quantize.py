@@ -1,0 +1,176 @@
+"""FP16 and INT8 variants: what stays FP32, where Q/DQ goes, TensorRT parser rules, the
+CLI's registration, and (with the real data) the accuracy bound against FP32."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from export.op_support import check_model
+from tests.helpers import BUNDLED, has_data, requires_data, requires_torch, speechlike
+
+pytestmark = requires_torch
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    return out
+
+
+def _feeds(model_dir, n=12, batch=4):
+    from export.quantize import feeds_for
+    from runtime.recognizer import EmotionRecognizer
+
+    rec = EmotionRecognizer.load(model_dir)
+    texts = ["I am thrilled", "leave me alone", "that is so sad", "oh wow!", "fine.", "I'm scared of it"]
+    items = []
+    for i in range(n):
+        audio = speechlike(0.4 + 0.3 * i, seed=i, f0=110 + 10 * i) if i % 3 != 2 else None
+        text = texts[i % len(texts)] if i % 3 != 1 else None
+        items.append(rec.prepare(audio=audio, text=text, sample_rate=16000))
+    return rec, feeds_for(rec, items, batch)
+
+
+def test_variant_file():
+    from export.quantize import variant_file
+
+    assert variant_file("emotech.onnx", "int8") == "emotech.int8.onnx"
+    assert variant_file("audio_branch.onnx", "fp16") == "audio_branch.fp16.onnx"
+
+
+def test_fp16_keeps_frontend_fp32_and_runs(tiny_model_dir):
+    import onnxruntime as ort
+
+    from export.quantize import convert_to_fp16, tensor_types
+
+    src = onnx.load(str(tiny_model_dir / "emotech.onnx"))
+    m16 = convert_to_fp16(src)
+    assert check_model(m16) == []
+    types = tensor_types(m16)
+    orig = {n.name: n for n in src.graph.node}
+    frontend = [n for n in m16.graph.node if n.name.startswith("/mfcc/")]
+    assert frontend and all(list(orig[n.name].input) == list(n.input) for n in frontend)  # untouched
+    assert all(types.get(o) != TensorProto.FLOAT16 for n in frontend for o in n.output)
+    half_ops = {n.op_type for n in m16.graph.node if any(types.get(o) == TensorProto.FLOAT16 for o in n.output)}
+    assert {"Conv", "LSTM", "Gemm"} <= half_ops
+    assert not half_ops & {"ReduceSum", "ReduceMean", "Sqrt", "Log"}  # overflow-prone stay FP32
+    added = [n for n in m16.graph.node if n.name.startswith(("cast_fp16:", "cast_fp32:"))]
+    assert added  # casts only where the regions meet, never FP32 -> FP32
+    assert all({types.get(n.input[0]), types.get(n.output[0])} == {TensorProto.FLOAT, TensorProto.FLOAT16} for n in added)
+    assert [i.type.tensor_type.elem_type for i in m16.graph.output] == [TensorProto.FLOAT]
+    assert {i.name: i.type.tensor_type.elem_type for i in m16.graph.input} == {i.name: i.type.tensor_type.elem_type for i in src.graph.input}
+
+    _, feeds = _feeds(tiny_model_dir)
+    s32 = ort.InferenceSession(str(tiny_model_dir / "emotech.onnx"), providers=["CPUExecutionProvider"])
+    s16 = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        a, b = _softmax(s32.run(["logits"], feed)[0]), _softmax(s16.run(["logits"], feed)[0])
+        assert np.abs(a - b).max() <= 5e-3
+
+
+def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
+    import onnxruntime as ort
+
+    from export.quantize import INT8_OPS, quantize_int8
+
+    _, feeds = _feeds(model_copy)
+    dst = model_copy / "emotech.int8.onnx"
+    quantize_int8(model_copy / "emotech.onnx", dst, feeds)
+    q = onnx.load(str(dst))
+    assert check_model(q) == []  # symmetric INT8, zero points 0, no INT32 bias, no integer ops
+    consumers: dict[str, list] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    dqs = [n for n in q.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs
+    quantised = set()
+    for dq in dqs:
+        for c in consumers.get(dq.output[0], []):
+            assert c.op_type in INT8_OPS and not c.name.startswith("/mfcc/"), c.name
+            quantised.add(c.op_type)
+    assert quantised == {"Conv", "Gemm"}  # the tiny model's MatMuls are all in the front-end
+    assert all(not any(i.endswith("DequantizeLinear_Output") for i in n.input) for n in q.graph.node if n.op_type == "LSTM")
+    inits = {i.name: i for i in q.graph.initializer}
+    weights_int8 = [i for i in inits.values() if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
+    assert weights_int8  # weights stored quantised (per channel), activations via Q/DQ
+    s32 = ort.InferenceSession(str(model_copy / "emotech.onnx"), providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        a, b = _softmax(s32.run(["logits"], feed)[0]), _softmax(s8.run(["logits"], feed)[0])
+        assert np.abs(a - b).max() <= 0.05
+
+
+def test_cli_registers_fp16_variant_loadable_by_the_runtime(model_copy, capsys):
+    from export.quantize import main
+    from runtime.recognizer import EmotionRecognizer
+    from runtime.spec import load_spec
+
+    assert main(["--precision", "fp16", "--model-dir", str(model_copy), "--no-eval"]) == 0
+    spec = load_spec(model_copy)  # hashes verified
+    assert spec.graphs["fused"]["fp16"] == "emotech.fp16.onnx" and "fp16" in spec.raw["quantization"]
+    rec = EmotionRecognizer.load(model_copy, precision="fp16")
+    pred = rec.predict(audio=speechlike(1.0), sample_rate=16000, text="great news")
+    assert abs(sum(pred.scores.values()) - 1) < 1e-6
+    assert "registered fp16" in capsys.readouterr().out
+
+
+def test_int8_needs_real_calibration_data(model_copy, tmp_path):
+    from export.quantize import make_variants
+
+    with pytest.raises(FileNotFoundError, match="calibration"):
+        make_variants(model_copy, "int8", tmp_path / "no-data")
+    with pytest.raises(ValueError, match="precision"):
+        make_variants(model_copy, "int4", None)
+
+
+@requires_data
+@pytest.mark.requires_data
+def test_compare_with_fp32_on_real_test_data(model_copy):
+    from export.data import DEFAULT_DATA_ROOT
+    from export.quantize import compare_with_fp32, convert_to_fp16
+    from runtime.recognizer import EmotionRecognizer
+
+    onnx.save(convert_to_fp16(onnx.load(str(model_copy / "emotech.onnx"))), str(model_copy / "f16.onnx"))
+    rec = EmotionRecognizer.load(model_copy)
+    ev = compare_with_fp32(rec, {"fp16": model_copy / "f16.onnx"}, DEFAULT_DATA_ROOT, limit=16)
+    for mode in ("audio", "text"):
+        r = ev["modes"][mode]
+        assert r["n"] == 16 and 0 <= r["fp16"]["label_agreement_vs_fp32"] <= 1
+        assert r["fp16"]["ua_loss_vs_fp32"] == pytest.approx(r["fp32"]["unweighted_accuracy"] - r["fp16"]["unweighted_accuracy"])
+
+
+def _shipped_variants():
+    import json
+
+    spec_file = BUNDLED / "spec.json"
+    if not spec_file.is_file():
+        return []
+    graphs = json.loads(spec_file.read_text()).get("graphs", {}).get("fused", {})
+    return [p for p in ("fp16", "int8") if p in graphs]
+
+
+@pytest.mark.slow
+@pytest.mark.requires_data
+@pytest.mark.skipif(not has_data() or not _shipped_variants(), reason="needs ../shared/data and shipped fp16/int8 variants")
+@pytest.mark.parametrize("precision", _shipped_variants() or ["fp16"])
+def test_shipped_variant_within_one_point_of_fp32(precision):
+    from export.data import DEFAULT_DATA_ROOT
+    from export.quantize import MAX_UA_LOSS, compare_with_fp32
+    from runtime.recognizer import EmotionRecognizer
+
+    rec = EmotionRecognizer.load(BUNDLED)
+    ev = compare_with_fp32(rec, {precision: rec.spec.graph_file("fused", precision)}, DEFAULT_DATA_ROOT)
+    for mode, r in ev["modes"].items():
+        assert r[precision]["ua_loss_vs_fp32"] <= MAX_UA_LOSS, (mode, r)

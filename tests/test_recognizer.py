@@ -1,0 +1,109 @@
+"""EmotionRecognizer on ONNX Runtime with a tiny model: API, batching, errors, hashes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime import EmotionRecognizer, ModelFolderError, TextError
+from runtime.errors import AudioError, EmotionError, EngineUnavailableError
+from tests.helpers import REPO, encode, speechlike
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_model_dir):
+    r = EmotionRecognizer.load(tiny_model_dir, engine="ort")
+    yield r
+    r.close()
+
+
+def test_single_item_scores_sum_to_one(rec):
+    pred = rec.predict(audio=speechlike(1.2), text="I am so happy today", sample_rate=16000)
+    assert set(pred.scores) == set(rec.labels)
+    assert abs(sum(pred.scores.values()) - 1) < 1e-6
+    assert pred.label == max(pred.scores, key=pred.scores.get)
+    assert pred.modalities == ("audio", "text") and pred.duration_s == pytest.approx(1.2, abs=1e-3)
+
+
+def test_batch_equals_single_calls_and_keeps_order(rec):
+    clips = [speechlike(s, seed=i) for i, s in enumerate([2.0, 0.5, 1.1, 3.0, 0.7])]
+    texts = ["what a day", None, "this is awful", None, "ok"]
+    batch = rec.predict(audio=clips, text=texts, sample_rate=16000)
+    for clip, text, b in zip(clips, texts, batch):
+        single = rec.predict(audio=clip, text=text, sample_rate=16000)
+        for k in rec.labels:
+            assert abs(single.scores[k] - b.scores[k]) < 1e-5
+        assert b.duration_s == pytest.approx(clip.size / 16000, abs=1e-3)
+
+
+def test_modalities_and_calibration_temperature(rec, tiny_model_dir):
+    text_only = rec.predict(text="hello there")
+    assert text_only.modalities == ("text",) and text_only.duration_s is None
+    audio_only = rec.predict(audio=encode(speechlike(1.0), 22050, "FLAC"))
+    assert audio_only.modalities == ("audio",)
+    # the text-mode temperature (0.8) is applied to the engine's logits
+    feed = rec.build_feed([rec.prepare(text="hello there")])
+    logits = rec.engine.infer(feed)[0] / 0.8
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    np.testing.assert_allclose([text_only.scores[k] for k in rec.labels], p, atol=1e-6)
+
+
+def test_mixed_batch_with_text_only_items(rec):
+    out = rec.predict(audio=[speechlike(1.0), None], text=[None, "so scared"], sample_rate=16000)
+    assert [p.modalities for p in out] == [("audio",), ("text",)]
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({}, EmotionError, "give audio, text or both"),
+        ({"text": 42}, TextError, "must be a string"),
+        ({"text": "x" * 5000}, TextError, "maximum is 2000"),
+        ({"audio": np.zeros(16000, np.float32), "sample_rate": 16000}, AudioError, "silent"),
+        ({"audio": [speechlike(1.0)], "text": ["a", "b"], "sample_rate": 16000}, EmotionError, "1 items but text has 2"),
+        ({"audio": [speechlike(1.0), b"junk"], "sample_rate": 16000}, AudioError, "item 1"),
+    ],
+)
+def test_bad_input_raises_named_error(rec, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        rec.predict(**kwargs)
+
+
+def test_hash_mismatch_and_missing_files(tiny_model_dir, tmp_path):
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    with open(bad / "emotech.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelFolderError, match="emotech.onnx does not match its sha256"):
+        EmotionRecognizer.load(bad)
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(ModelFolderError, match="tokenizer.json is missing"):
+        EmotionRecognizer.load(bad)
+    with pytest.raises(ModelFolderError, match="spec.json not found"):
+        EmotionRecognizer.load(tmp_path)
+    spec = json.loads((bad / "spec.json").read_text())
+    del spec["labels"]
+    (bad / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ModelFolderError, match="malformed"):
+        EmotionRecognizer.load(bad)
+
+
+def test_unknown_engine_and_missing_precision(tiny_model_dir):
+    with pytest.raises(ValueError, match="engine must be one of"):
+        EmotionRecognizer.load(tiny_model_dir, engine="nope")
+    with pytest.raises(ModelFolderError, match="no int8 variant"):
+        EmotionRecognizer.load(tiny_model_dir, engine="ort", precision="int8")
+    with pytest.raises(EngineUnavailableError, match="onnxruntime-gpu"):
+        EmotionRecognizer.load(tiny_model_dir, engine="ort", device="cuda")
+
+
+def test_import_runtime_does_not_import_torch():
+    code = "import sys, runtime, runtime.predict, runtime.engines.ort; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
