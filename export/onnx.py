@@ -1,10 +1,11 @@
 """ONNX export of EmoTech: the fused graph (front-end included) and each branch.
 
-    python -m export.onnx --model-dir weights/emotech
+    python -m export.onnx --model-dir weights/emotech [--graphs fused audio text]
 
 writes ``emotech.onnx`` (fused), ``audio_branch.onnx`` and ``text_branch.onnx`` beside
 the weights, checks each against PyTorch at two batch sizes and two sets of lengths
 (batch padding included), and records the files and their hashes in ``spec.json``.
+Training writes only the fused graph, the one every engine runs.
 All axes that vary per request (batch, samples, tokens) are dynamic.
 """
 
@@ -149,7 +150,7 @@ def check_graph(model: EmoTech, name: str, path: Path, atol: float = 1e-4) -> fl
     return worst
 
 
-def export_all(model: EmoTech, out_dir: Path, names: tuple[str, ...] = ("fused", "audio", "text")) -> dict[str, float]:
+def export_all(model: EmoTech, out_dir: Path, names: tuple[str, ...] = ("fused",)) -> dict[str, float]:
     """Export and check the named graphs into ``out_dir``; returns the max diff per graph."""
     out_dir.mkdir(parents=True, exist_ok=True)
     diffs = {}
@@ -165,9 +166,16 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=bundle.DEFAULT_MODEL_DIR, help="model folder with model.safetensors and spec.json")
+    parser.add_argument(
+        "--graphs",
+        nargs="+",
+        choices=sorted(GRAPHS),
+        default=["fused", "audio", "text"],
+        help="graphs to write; the shipped folder keeps only 'fused' (what every engine runs) to stay small",
+    )
     args = parser.parse_args(argv)
     model, spec = bundle.load_torch_model(args.model_dir)
-    diffs = export_all(model, args.model_dir)
+    diffs = export_all(model, args.model_dir, tuple(args.graphs))
     for name, diff in diffs.items():
         print(f"{GRAPHS[name].filename}: max |ORT - PyTorch| = {diff:.2e}")
     bundle.register_graphs(spec, {name: GRAPHS[name].filename for name in diffs})

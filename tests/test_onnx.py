@@ -57,3 +57,19 @@ def test_shipped_onnx_matches_pytorch():
 
     model, _ = load_torch_model(BUNDLED)
     assert scores_parity(model, BUNDLED / "emotech.onnx") <= ATOL
+
+
+def test_branch_exports_keep_time_axes_dynamic(tiny_model_dir, tmp_path):
+    """The CLI writes both branches; each matches PyTorch at batch 1 and 5 with other lengths
+    than the export example (a frozen time axis or a padding-reading LSTM would fail)."""
+    import shutil
+
+    from export.onnx import main
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    main(["--model-dir", str(folder), "--graphs", "audio", "text"])
+    from runtime.spec import load_spec
+
+    spec = load_spec(folder)  # hashes of the new files verify
+    assert spec.graphs["audio"]["fp32"] == "audio_branch.onnx" and spec.graphs["text"]["fp32"] == "text_branch.onnx"

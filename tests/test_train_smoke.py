@@ -42,7 +42,7 @@ def test_train_writes_a_loadable_model_folder(tmp_path, tokenizer_file, tiny_mod
     ])
     spec = json.loads((out / "spec.json").read_text())
     assert spec["labels"] == ["calm", "agitated"]
-    assert set(spec["files"]) == {"model.safetensors", "tokenizer.json", "emotech.onnx", "audio_branch.onnx", "text_branch.onnx"}
+    assert set(spec["files"]) == {"model.safetensors", "tokenizer.json", "emotech.onnx"}
     assert spec["training"]["command"].startswith("python -m export.train --audio-corpus manifest")
     assert all(t > 0 for t in spec["calibration"]["temperature"].values())
     rec = EmotionRecognizer.load(out)
