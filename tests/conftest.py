@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BUNDLED, TINY_MODEL_CONFIG, has_torch
+from tests.helpers import BUNDLED, TINY_MODEL_CONFIG, build_tiny_model, has_torch
 
 
 @pytest.fixture(scope="session")
@@ -23,22 +24,10 @@ def tiny_model_dir(tmp_path_factory, tokenizer_file) -> Path:
     """A model folder with random (seeded) tiny weights and its exported ONNX graphs."""
     if not has_torch():
         pytest.skip("PyTorch not installed: the tiny model is built with export/")
-    import torch
-
     from export import bundle
-    from export.model import EmoTech, ModelConfig
     from export.onnx import GRAPHS, export_all
-    from runtime.frontend import FrontendConfig
 
-    torch.manual_seed(0)
-    model = EmoTech(FrontendConfig(), ModelConfig.from_dict(TINY_MODEL_CONFIG)).eval()
-    for m in model.modules():  # non-trivial BatchNorm statistics so masking bugs show
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    with torch.no_grad():
-        model.missing_audio.normal_()
-        model.missing_text.normal_()
+    model = build_tiny_model(seed=0)
     out = tmp_path_factory.mktemp("tiny_model")
     labels = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")
     spec = bundle.save_model(model, out, labels, tokenizer_file, max_tokens=32)
@@ -54,3 +43,11 @@ def tiny_model_config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny.json"
     path.write_text(json.dumps(TINY_MODEL_CONFIG))
     return path
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path) -> Path:
+    """A writable copy of the tiny model folder (for tests that add variants to it)."""
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    return out

@@ -61,3 +61,31 @@ def encode(audio: np.ndarray, sr: int, fmt: str, subtype: str | None = None) -> 
     buf = io.BytesIO()
     sf.write(buf, audio, sr, format=fmt, subtype=subtype)
     return buf.getvalue()
+
+
+def build_tiny_model(seed: int = 0):
+    """A seeded tiny EmoTech (eval mode) with non-trivial BatchNorm statistics and
+    "missing" vectors, so masking and modality bugs show in its outputs."""
+    import torch
+
+    from export.model import EmoTech, ModelConfig
+    from runtime.frontend import FrontendConfig
+
+    torch.manual_seed(seed)
+    model = EmoTech(FrontendConfig(), ModelConfig.from_dict(TINY_MODEL_CONFIG)).eval()
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        model.missing_audio.normal_()
+        model.missing_text.normal_()
+    return model
+
+
+def softmax(z):
+    """Row-wise softmax of a numpy array."""
+    import numpy as np
+
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import TINY_MODEL_CONFIG, requires_torch
+from tests.helpers import build_tiny_model, requires_torch
 
 pytestmark = requires_torch
 
 
 @pytest.fixture(scope="module")
 def model():
-    import torch
-
-    from export.model import EmoTech, ModelConfig
-    from runtime.frontend import FrontendConfig
-
-    torch.manual_seed(1)
-    m = EmoTech(FrontendConfig(), ModelConfig.from_dict(TINY_MODEL_CONFIG)).eval()
-    for mod in m.modules():
-        if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
-    with torch.no_grad():
-        m.missing_audio.normal_()
-        m.missing_text.normal_()
-    return m
+    return build_tiny_model(seed=1)
 
 
 def test_reverse_padded_reverses_within_length_only():

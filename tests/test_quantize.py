@@ -3,7 +3,6 @@ CLI's registration, and (with the real data) the accuracy bound against FP32."""
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import onnx
@@ -11,21 +10,12 @@ import pytest
 from onnx import TensorProto
 
 from export.op_support import check_model
-from tests.helpers import BUNDLED, has_data, requires_data, requires_torch, speechlike
+from tests.helpers import BUNDLED, has_data, requires_data, requires_torch, softmax, speechlike
 
 pytestmark = requires_torch
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
-
-@pytest.fixture
-def model_copy(tiny_model_dir, tmp_path):
-    out = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, out)
-    return out
 
 
 def _feeds(model_dir, n=12, batch=4):
@@ -75,7 +65,7 @@ def test_fp16_keeps_frontend_fp32_and_runs(tiny_model_dir):
     s32 = ort.InferenceSession(str(tiny_model_dir / "emotech.onnx"), providers=["CPUExecutionProvider"])
     s16 = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"])
     for feed in feeds:
-        a, b = _softmax(s32.run(["logits"], feed)[0]), _softmax(s16.run(["logits"], feed)[0])
+        a, b = softmax(s32.run(["logits"], feed)[0]), softmax(s16.run(["logits"], feed)[0])
         assert np.abs(a - b).max() <= 5e-3
 
 
@@ -108,7 +98,7 @@ def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
     s32 = ort.InferenceSession(str(model_copy / "emotech.onnx"), providers=["CPUExecutionProvider"])
     s8 = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     for feed in feeds:
-        a, b = _softmax(s32.run(["logits"], feed)[0]), _softmax(s8.run(["logits"], feed)[0])
+        a, b = softmax(s32.run(["logits"], feed)[0]), softmax(s8.run(["logits"], feed)[0])
         assert np.abs(a - b).max() <= 0.05
 
 

@@ -11,7 +11,6 @@ Runtime, cache reuse and rebuild, CUDA graphs, batch splitting, FP16 and INT8 va
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import types
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 
 from runtime.errors import EngineUnavailableError
 from runtime.trt_cache import Profile
-from tests.helpers import speechlike
+from tests.helpers import softmax, speechlike
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
 
@@ -253,43 +252,34 @@ def _mixed_items(rec, n=6, seed=0):
     return items
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
-
-@pytest.fixture
-def trt_model_dir(tiny_model_dir, tmp_path):
-    out = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, out)
-    return out
 
 
 @pytest.mark.requires_trt
 @skip_without_trt
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_trt_fp32_matches_ort_and_reuses_cache(trt_model_dir, tmp_path, cuda_graphs):
+def test_trt_fp32_matches_ort_and_reuses_cache(model_copy, tmp_path, cuda_graphs):
     from runtime.recognizer import EmotionRecognizer
 
-    ort_rec = EmotionRecognizer.load(trt_model_dir)
+    ort_rec = EmotionRecognizer.load(model_copy)
     cache = tmp_path / "cache"
     profile = Profile(batch=(1, 2, 4), audio_seconds=(0.5, 2.0, 4.0), tokens=(1, 16, 32))
-    rec = EmotionRecognizer.load(trt_model_dir, engine="trt", cache_dir=cache, profile=profile, cuda_graphs=cuda_graphs, progress=False)
+    rec = EmotionRecognizer.load(model_copy, engine="trt", cache_dir=cache, profile=profile, cuda_graphs=cuda_graphs, progress=False)
     assert rec.engine.built
     items = _mixed_items(ort_rec, n=6)  # 6 > max batch 4: split by the engine
     feed = ort_rec.build_feed(items)
-    ref = _softmax(ort_rec.engine.infer(feed))
+    ref = softmax(ort_rec.engine.infer(feed))
     for _ in range(2):  # second pass replays captured graphs
-        got = _softmax(rec.engine.infer(feed))
+        got = softmax(rec.engine.infer(feed))
         assert np.abs(got - ref).max() <= 1e-3
     rec.close()
-    again = EmotionRecognizer.load(trt_model_dir, engine="trt", cache_dir=cache, profile=profile, progress=False)
+    again = EmotionRecognizer.load(model_copy, engine="trt", cache_dir=cache, profile=profile, progress=False)
     assert not again.engine.built
     engine_file = again.engine.cache_file
     again.close()
     engine_file.write_bytes(engine_file.read_bytes()[:1000])
     with pytest.warns(RuntimeWarning, match="rebuilding"):
-        third = EmotionRecognizer.load(trt_model_dir, engine="trt", cache_dir=cache, profile=profile, progress=False)
+        third = EmotionRecognizer.load(model_copy, engine="trt", cache_dir=cache, profile=profile, progress=False)
     assert third.engine.built
     third.close()
     third.close()  # idempotent
@@ -298,7 +288,7 @@ def test_trt_fp32_matches_ort_and_reuses_cache(trt_model_dir, tmp_path, cuda_gra
 @pytest.mark.requires_trt
 @skip_without_trt
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_trt_reduced_precision_variants_build_and_agree(trt_model_dir, tmp_path, precision):
+def test_trt_reduced_precision_variants_build_and_agree(model_copy, tmp_path, precision):
     import onnx
 
     from export import bundle
@@ -306,19 +296,19 @@ def test_trt_reduced_precision_variants_build_and_agree(trt_model_dir, tmp_path,
     from export.quantize import convert_to_fp16, feeds_for, quantize_int8, variant_file
     from runtime.recognizer import EmotionRecognizer
 
-    ort_rec = EmotionRecognizer.load(trt_model_dir)
-    src = trt_model_dir / GRAPHS["fused"].filename
-    dst = trt_model_dir / variant_file(src.name, precision)
+    ort_rec = EmotionRecognizer.load(model_copy)
+    src = model_copy / GRAPHS["fused"].filename
+    dst = model_copy / variant_file(src.name, precision)
     if precision == "fp16":
         onnx.save(convert_to_fp16(onnx.load(str(src))), str(dst))
     else:
         quantize_int8(src, dst, feeds_for(ort_rec, _mixed_items(ort_rec, n=16, seed=1), batch=4))
-    spec = bundle.read_spec(trt_model_dir)
+    spec = bundle.read_spec(model_copy)
     bundle.register_graphs(spec, {"fused": dst.name}, precision)
-    bundle.update_files(trt_model_dir, spec)
-    ort_q = EmotionRecognizer.load(trt_model_dir, precision=precision)
-    rec = EmotionRecognizer.load(trt_model_dir, engine="trt", precision=precision, cache_dir=tmp_path / "c", progress=False)
+    bundle.update_files(model_copy, spec)
+    ort_q = EmotionRecognizer.load(model_copy, precision=precision)
+    rec = EmotionRecognizer.load(model_copy, engine="trt", precision=precision, cache_dir=tmp_path / "c", progress=False)
     feed = ort_rec.build_feed(_mixed_items(ort_rec, n=4, seed=2))
-    got = _softmax(rec.engine.infer(feed))
-    assert np.abs(got - _softmax(ort_q.engine.infer(feed))).max() <= (2e-2 if precision == "int8" else 5e-3)
+    got = softmax(rec.engine.infer(feed))
+    assert np.abs(got - softmax(ort_q.engine.infer(feed))).max() <= (2e-2 if precision == "int8" else 5e-3)
     rec.close()
