@@ -7,6 +7,13 @@ of the trained weights on that one item (``EmoTech.forward_features``, which tak
 MFCCs), then a softmax. The engine under test computes the same function, so the
 baseline's logits are checked against the engine's in every run.
 
+Threads: PyTorch keeps its default (one OpenMP thread per core), but librosa's BLAS
+(OpenBLAS, used for the mel matmul) is limited to one thread with ``threadpoolctl``. With
+both libraries at their defaults on a 2-core machine, OpenBLAS and OpenMP threads spin
+against each other between the per-clip calls: the same loop measured 14 ms p50 with BLAS
+limited and 24-160 ms p50 (p90 up to 1.9 s) without. The limited configuration is the
+conservative baseline; ``blas_threads=None`` keeps the defaults.
+
 Needs the ``[export]`` extra (torch, librosa).
 """
 
@@ -47,8 +54,9 @@ def cmvn(mfcc: np.ndarray) -> np.ndarray:
 class Baseline:
     """The trained model of ``model_dir`` in PyTorch eager mode, one clip at a time."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", blas_threads: int | None = 1):
         import torch
+        from threadpoolctl import threadpool_limits
 
         from export.bundle import load_torch_model
 
@@ -62,6 +70,15 @@ class Baseline:
         self.cfg = model.frontend_cfg
         self.encoder = TextEncoder(self.spec.path(self.spec.tokenizer_file), self.spec.max_tokens, self.spec.max_text_chars)
         self.temperature = self.spec.temperature["audio+text"]
+        self.blas_threads = blas_threads
+        # process-wide until close(); the runtime under test does not use BLAS
+        self._blas_limit = threadpool_limits(limits=blas_threads, user_api="blas") if blas_threads else None
+
+    def close(self) -> None:
+        """Restore the BLAS thread settings."""
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
 
     def sync(self) -> None:
         if self.device == "cuda":

@@ -18,7 +18,20 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "pycuda", "librosa", "tokenizers", "soxr", "soundfile", "onnx", "scipy")
+PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "torch",
+    "tensorrt",
+    "pycuda",
+    "librosa",
+    "tokenizers",
+    "soxr",
+    "soundfile",
+    "onnx",
+    "scipy",
+)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
 L4T_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")

@@ -136,7 +136,8 @@ def markdown(report: dict) -> str:
             f"Workload: {s['audio_seconds']} s clips sent as {s['input_rate']} Hz 16-bit WAV (decoded and resampled to "
             f"{s['sample_rate']} Hz), {s['text_words']}-word transcripts. Each row: {s['budget']}. "
             "Stages are timed separately, each in its own loop; `end_to_end` is one `EmotionRecognizer.predict` call "
-            "for the whole batch (baseline: the clips one after another). Throughput = batch / mean latency; "
+            "for the whole batch (baseline: the clips one after another; its librosa BLAS threads: "
+            f"{s.get('baseline_blas_threads') or 'library default'}, PyTorch threads: default). Throughput = batch / mean latency; "
             "RTF = p50 / audio seconds in the batch; peak RSS is the whole process while the row ran."
         ),
         "",
@@ -174,8 +175,10 @@ def markdown(report: dict) -> str:
     present = {r["stage"] for r in rows}
     stages = [st for st in STAGE_ORDER if st in present] + sorted(present - set(STAGE_ORDER) - {E2E})
     lines += [
-        "| engine | precision | device | batch | " + " | ".join(stages) + " | end_to_end | peak RSS MB | GPU MB |",
-        "|---" * (len(stages) + 7) + "|",
+        "| engine | precision | device | batch | "
+        + " | ".join(stages)
+        + " | end_to_end | peak RSS MB | GPU MB | other procs' CPU % (max) |",
+        "|---" * (len(stages) + 8) + "|",
     ]
     groups = list(dict.fromkeys((r["engine"], r["precision"], r["device"], r["batch"]) for r in rows))
     for g in groups:
@@ -184,15 +187,20 @@ def markdown(report: dict) -> str:
         e2e = f"{sel[E2E]['p50_ms']:.2f}" if E2E in sel else ""
         rss = max(r["peak_rss_mb"] for r in sel.values())
         gpu = [r["gpu_mem_mb"] for r in sel.values() if r.get("gpu_mem_mb") is not None]
+        other = max(r.get("other_cpu_pct", 0.0) for r in sel.values())
         lines.append(
-            f"| {' | '.join(map(str, g))} | " + " | ".join(cells) + f" | {e2e} | {rss:.0f} | {max(gpu) if gpu else ''} |"
+            f"| {' | '.join(map(str, g))} | "
+            + " | ".join(cells)
+            + f" | {e2e} | {rss:.0f} | {max(gpu) if gpu else ''} | {other:.0f} |"
         )
     lines += [
         "",
         (
             "Engine stages: `frontend` is the MFCC graph alone on the engine's backend (inside `infer` in a real call); "
             "`infer` is one engine call (MFCC + network). Baseline stages: `load` is `librosa.load` (decode + resample), "
-            "`frontend` is `librosa.feature.mfcc` + CMVN, `infer` is the PyTorch eager forward, each per clip."
+            "`frontend` is `librosa.feature.mfcc` + CMVN, `infer` is the PyTorch eager forward, each per clip. "
+            "The last column is the CPU other processes used while the rows ran (% of all cores): rows measured "
+            "while it was well above 0 shared the machine."
         ),
         "",
     ]
@@ -287,7 +295,7 @@ def write_plot(report: dict, out_dir: Path) -> Path:
         vals = [stage_breakdown(rows, *cfg, b)[stage] for cfg, b in bars]
         ax2.bar(range(len(bars)), vals, bottom=bottoms, label=stage)
         bottoms = [x + y for x, y in zip(bottoms, vals)]
-    ax2.set_xticks(range(len(bars)), [f"{cfg[0]}\n{cfg[1]} {cfg[2]}\nb{b}" for cfg, b in bars], fontsize=7)
+    ax2.set_xticks(range(len(bars)), [f"{cfg[0]}\n{cfg[1]}\n{cfg[2]}\nb{b}" for cfg, b in bars], fontsize=6)
     ax2.set_ylabel("ms per clip (p50 of each stage / batch)")
     ax2.set_title("Where the time goes")
     ax2.legend(fontsize=7)

@@ -26,6 +26,8 @@ class Budget:
     min_time: float = 2.0  # seconds of timed calls, at least
     max_time: float = 20.0  # stop after this many seconds even below min_iters (slow rows)
     max_iters: int = 2000  # and never more calls than this
+    max_other_pct: float = 100.0  # re-measure while other processes used more CPU (% of all cores) ...
+    retries: int = 0  # ... up to this many times, after waiting for a quiet machine
 
     def __post_init__(self) -> None:
         if self.warmup_iters < 0 or self.min_iters < 1 or self.max_iters < self.min_iters:
@@ -50,12 +52,48 @@ class Stats:
     mean_ms: float
     std_ms: float
     peak_rss_mb: float  # peak resident memory of the whole process while this row ran
+    other_cpu_pct: float = 0.0  # CPU used by other processes while this row ran, % of all cores
 
     @classmethod
-    def from_samples(cls, seconds: list[float], peak_rss_mb: float) -> Stats:
+    def from_samples(cls, seconds: list[float], peak_rss_mb: float, other_cpu_pct: float = 0.0) -> Stats:
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(len(ms), float(p50), float(p90), float(p99), float(ms.min()), float(ms.mean()), float(ms.std()), peak_rss_mb)
+        return cls(
+            len(ms),
+            float(p50),
+            float(p90),
+            float(p99),
+            float(ms.min()),
+            float(ms.mean()),
+            float(ms.std()),
+            peak_rss_mb,
+            other_cpu_pct,
+        )
+
+
+class OtherLoad:
+    """CPU time other processes used while the context was open, as % of all cores: a
+    measurement taken while it is well above 0 shared the machine and is suspect."""
+
+    def __enter__(self) -> OtherLoad:
+        import psutil
+
+        self._psutil, self._proc = psutil, psutil.Process()
+        self._t0, self._sys0, self._own0 = time.perf_counter(), self._busy(), self._own()
+        return self
+
+    def _busy(self) -> float:
+        t = self._psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def _own(self) -> float:
+        t = self._proc.cpu_times()
+        return t.user + t.system
+
+    def __exit__(self, *exc: object) -> None:
+        wall = (time.perf_counter() - self._t0) * (self._psutil.cpu_count() or 1)
+        other = (self._busy() - self._sys0) - (self._own() - self._own0)
+        self.pct = max(0.0, 100.0 * other / wall) if wall > 0 else 0.0
 
 
 class RssSampler:
@@ -106,7 +144,7 @@ def measure(fn: Callable[[], object], budget: Budget = FULL, sync: Callable[[], 
         sync()
         done += 1
     samples: list[float] = []
-    with RssSampler() as rss:
+    with RssSampler() as rss, OtherLoad() as load:
         begin = time.perf_counter()
         while True:
             t0 = time.perf_counter()
@@ -118,4 +156,31 @@ def measure(fn: Callable[[], object], budget: Budget = FULL, sync: Callable[[], 
                 break
             if len(samples) >= budget.min_iters and elapsed >= budget.min_time:
                 break
-    return Stats.from_samples(samples, rss.peak_mb)
+    return Stats.from_samples(samples, rss.peak_mb, load.pct)
+
+
+def wait_for_quiet(max_other_pct: float, timeout: float) -> float:
+    """Wait (up to ``timeout`` s) until other processes use at most ``max_other_pct`` % of
+    the CPU over one second; returns the last reading."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = psutil.cpu_percent(interval=1.0)  # this process is idle while it waits
+        if busy <= max_other_pct or time.monotonic() >= deadline:
+            return busy
+
+
+def measure_quiet(
+    fn: Callable[[], object], budget: Budget = FULL, sync: Callable[[], None] = no_sync, wait: float = 120.0
+) -> tuple[Stats, int]:
+    """``measure``, repeated (up to ``budget.retries`` times, each after waiting up to
+    ``wait`` s for a quiet machine) while other processes used more than
+    ``budget.max_other_pct`` % of the CPU during it. Returns the last statistics and how
+    many measurements were taken."""
+    for attempt in range(budget.retries + 1):
+        stats = measure(fn, budget, sync)
+        if stats.other_cpu_pct <= budget.max_other_pct or attempt == budget.retries:
+            return stats, attempt + 1
+        wait_for_quiet(budget.max_other_pct, wait)
+    raise AssertionError("unreachable")  # pragma: no cover
