@@ -28,11 +28,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+
+from runtime.spec import package_versions
 
 # ------------------------------------------------------------------ test signals
 
@@ -201,20 +202,13 @@ def wait_ready(url: str, headers: dict[str, str], timeout: float, proc: subproce
     raise TimeoutError(f"{url} not ready within {timeout} s")
 
 
+SERVER_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "aiohttp", "soundfile", "soxr", "tokenizers")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "aiohttp", "soundfile", "soxr", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def machine() -> dict:
@@ -315,7 +309,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": "python -m benchmarks.loadgen " + " ".join(sys.argv[1:]),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"},
         "machine": info,
-        "versions": versions(),
+        "versions": package_versions(SERVER_PACKAGES),
         "server": {k: model.get(k) for k in ("engine", "precision", "device", "providers", "onnxruntime", "model_dir", "server")},
         "duration_s": round(elapsed, 3),
         "requests_ok": ok,

@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import threading
-from importlib import metadata
 from pathlib import Path
+
+from runtime.spec import package_versions
 
 PACKAGES = (
     "numpy",
@@ -50,12 +51,7 @@ def _run(cmd: list[str], timeout: float = 10.0) -> str | None:
 
 def versions() -> dict[str, str]:
     """Installed versions of the packages that decide the numbers."""
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    out = package_versions(PACKAGES)
     if "tensorrt" not in out:  # JetPack installs the bindings with apt, without pip metadata
         try:
             import tensorrt

@@ -8,8 +8,6 @@ produced it.
 from __future__ import annotations
 
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from export.model import EmoTech, ModelConfig
 from runtime.frontend import FrontendConfig
-from runtime.spec import BUNDLED_MODEL_DIR, FORMAT, SPEC_FILE, sha256_file
+from runtime.spec import BUNDLED_MODEL_DIR, FORMAT, SPEC_FILE, package_versions, sha256_file
 
 DEFAULT_MODEL_DIR = BUNDLED_MODEL_DIR
 WEIGHTS_FILE = "model.safetensors"
@@ -25,13 +23,8 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "onnx", "onnxruntime", "numpy", "librosa", "tokenizers", "soxr", "soundfile"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    """Versions of the packages that produced a model folder."""
+    return package_versions(("torch", "onnx", "onnxruntime", "numpy", "librosa", "tokenizers", "soxr", "soundfile"))
 
 
 def read_spec(model_dir: Path) -> dict[str, Any]:

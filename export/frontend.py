@@ -46,10 +46,8 @@ class MFCC(nn.Module):
         """Mel power spectrogram ``(B, T, n_mels)`` of centre-padded frames of ``audio``.
 
         Same function as a dense windowed real DFT, power, and mel matmul, in about a
-        sixth of the multiply-adds (``runtime.frontend.factored_dft``). The whole MFCC graph
-        in ONNX Runtime on the 2-core reference CPU (3-s clips, 2 threads): 0.71 ms at
-        batch 1 and 0.63 ms per clip at batch 32, against 1.23 and 1.23 ms with the
-        strided-convolution DFT it replaced.
+        sixth of the multiply-adds (``runtime.frontend.factored_dft``); time it against
+        librosa with ``pytest benchmarks --benchmark-only``.
         """
         cfg, n1, n2, groups = self.cfg, self.n1, self.n2, self.groups
         batch, samples = audio.shape

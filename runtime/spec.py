@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
+from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,18 @@ class ModelSpec:
                 f"create it with `python -m export.quantize --precision {precision} --model-dir {self.root}`"
             )
         return self.root / variants[precision]
+
+
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python's version and the installed version of each of ``packages`` that is present
+    (recorded in ``spec.json`` and beside every benchmark number)."""
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
