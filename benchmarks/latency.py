@@ -233,7 +233,9 @@ def engine_rows(
     stages: list[tuple[str, Callable, Callable]] = [
         ("decode", lambda: [decode(c) for c in clips], no_sync),
         ("resample", lambda: [resample(to_mono_float(s), rate, sr) for s, rate in decoded], no_sync),
+        ("prepare", lambda: rec.prepare_many([(c, None, None, None) for c in clips]), no_sync),
         ("tokenise", lambda: rec.encoder.encode(texts), no_sync),
+        ("tokenise_cold", lambda: (rec.encoder.clear_cache(), rec.encoder.encode(texts)), no_sync),
     ]
     if not isinstance(frontend, str):
         run, sync = frontend

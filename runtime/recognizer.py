@@ -13,6 +13,8 @@ Pipeline: ``prepare`` (decode, downmix, resample, validate; check text) ->
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +30,14 @@ from runtime.spec import ModelSpec, load_spec
 from runtime.text import TextEncoder
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Item:
     """One validated request item, ready for batching."""
@@ -39,11 +49,16 @@ class Item:
 class EmotionRecognizer:
     """A model folder loaded on one engine."""
 
-    def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32):
+    def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
         self.spec = spec
         self.engine = engine
         self.max_batch = max_batch
         self.encoder = TextEncoder(spec.path(spec.tokenizer_file), spec.max_tokens, spec.max_text_chars)
+        # Decoding (libsndfile), resampling (libsoxr) and the numpy checks release the GIL,
+        # so a list of clips is prepared on several cores; 1 = in the calling thread.
+        self.prepare_threads = max(1, prepare_threads if prepare_threads is not None else usable_cpus())
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -54,17 +69,19 @@ class EmotionRecognizer:
         device: str | None = None,
         verify: bool = True,
         max_batch: int = 32,
+        prepare_threads: int | None = None,
         **engine_kwargs,
     ) -> "EmotionRecognizer":
         """Load a model folder (None: the bundled weights) on ``engine`` ('ort', 'torch',
-        'trt') at ``precision`` ('fp32', 'fp16', 'int8').
+        'trt') at ``precision`` ('fp32', 'fp16', 'int8'). ``prepare_threads`` (default: the
+        CPU count) decode and resample the clips of one ``predict`` call in parallel.
 
         Raises:
             ModelFolderError: missing files, malformed spec or a hash mismatch.
             EngineUnavailableError: the engine, device or precision cannot run here.
         """
         spec = load_spec(model_dir, verify=verify)
-        return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch)
+        return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -151,14 +168,20 @@ class EmotionRecognizer:
             raise EmotionError("when one of audio/text is a list, the other must be a list of the same length or None")
         if len(audios) != len(texts):
             raise EmotionError(f"audio has {len(audios)} items but text has {len(texts)}")
-        items = []
-        for i, (a, t) in enumerate(zip(audios, texts)):
-            if isinstance(a, (str, Path)):
-                label = f"item {i} ({a})"
-            else:
-                label = f"item {i}"
-            items.append(self.prepare(a, t, sample_rate, name=label))
-        return self.run(items)
+        args = [(a, t, sample_rate, f"item {i} ({a})" if isinstance(a, (str, Path)) else f"item {i}") for i, (a, t) in enumerate(zip(audios, texts))]
+        return self.run(self.prepare_many(args))
+
+    def prepare_many(self, args: Sequence[tuple]) -> list[Item]:
+        """``prepare(*a)`` for each tuple, on ``prepare_threads`` threads when there is more
+        than one clip; the first failing item (in order) raises, as it would one by one."""
+        clips = sum(1 for a in args if a[0] is not None)
+        if self.prepare_threads == 1 or clips < 2:
+            return [self.prepare(*a) for a in args]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix="emotech-prepare")
+            pool = self._pool
+        return list(pool.map(lambda a: self.prepare(*a), args))
 
     def describe(self) -> dict:
         """Labels, engine, precision, versions and hashes (the server's ``/v1/model``)."""
@@ -174,6 +197,10 @@ class EmotionRecognizer:
         }
 
     def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         self.engine.close()
 
 

@@ -82,3 +82,60 @@ def test_pad_batch():
     batch, lengths = pad_batch([np.ones(3, np.float32), np.ones(5, np.float32)], min_len=2)
     assert batch.shape == (2, 5) and lengths.tolist() == [3, 5]
     assert batch[0, 3:].tolist() == [0, 0]
+
+
+def _trim_reference(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """trim_silence written the direct way: every frame materialised, energies averaged."""
+    hop, win = cfg.hop_length, min(cfg.n_fft, audio.size)
+    n = 1 + (audio.size - win) // hop
+    frames = audio[np.arange(n)[:, None] * hop + np.arange(win)[None, :]].astype(np.float64)
+    db = 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
+    loud = np.flatnonzero(db >= db.max() - cfg.trim_db)
+    margin = int(cfg.trim_margin_seconds * cfg.sample_rate)
+    start, end = max(0, int(loud[0]) * hop - margin), min(audio.size, int(loud[-1]) * hop + win + margin)
+    short = cfg.min_samples - (end - start)
+    if short > 0:
+        start = max(0, start - (short + 1) // 2)
+        end = min(audio.size, start + cfg.min_samples)
+        start = max(0, end - cfg.min_samples)
+    return audio[start:end]
+
+
+@pytest.mark.parametrize("lead,tail,seed", [(0.0, 0.0, 0), (0.7, 0.3, 1), (1.2, 0.0, 2), (0.05, 2.0, 3)])
+def test_trim_silence_matches_direct_frame_energies(lead, tail, seed):
+    from runtime.audio import trim_silence
+
+    rng = np.random.default_rng(seed)
+    speech = speechlike(1.0, seed=seed)
+    quiet = lambda s: (1e-4 * rng.standard_normal(int(s * 16000))).astype(np.float32)
+    clip = np.concatenate([quiet(lead), speech, quiet(tail)])
+    got = trim_silence(clip, CFG)
+    np.testing.assert_array_equal(got, _trim_reference(clip, CFG))
+    margin = CFG.trim_margin_seconds
+    assert got.size / 16000 <= 1.0 + 2 * margin + 2 * CFG.n_fft / 16000  # a frame may straddle each edge
+
+
+def test_int16_fast_paths_equal_float_decoding():
+    import io
+
+    import soundfile as sf
+
+    from runtime.audio import decode, to_mono_float
+
+    y = speechlike(0.6, sr=22050)
+    stereo = np.stack([y, -0.25 * y], axis=1)
+    wav = encode(stereo, 22050, "WAV", "PCM_16")
+    samples, rate = decode(wav)
+    assert samples.dtype == np.int16 and rate == 22050
+    ref = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)[0].mean(axis=1)
+    np.testing.assert_allclose(to_mono_float(samples), ref, atol=1e-7)
+    mono = (y * 32767).astype(np.int16)
+    np.testing.assert_array_equal(to_mono_float(mono), mono.astype(np.float32) / 32768.0)
+    np.testing.assert_array_equal(to_mono_float(mono[:, None]), mono.astype(np.float32) / 32768.0)
+
+
+def test_non_seekable_wav_codec_decodes():
+    # GSM 6.10 in WAV cannot be read without an explicit frame count.
+    y = speechlike(0.8, sr=8000)
+    out = load_audio(encode(y, 8000, "WAV", "GSM610"), CFG)
+    assert out.dtype == np.float32 and abs(out.size - 12800) <= 400

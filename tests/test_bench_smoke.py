@@ -180,3 +180,16 @@ def test_tegrastats_lines_are_parsed():
     assert p == {"ram_used_mb": 2345.0, "cpu_load_pct": 10.0, "gpu_load_pct": 61.0, "power_in_mw": 5120.0}
     s = summarise_tegrastats([TEGRA_LINE, TEGRA_LINE.replace("GR3D_FREQ 61%", "GR3D_FREQ 99%")])
     assert s["gpu_load_pct"] == {"mean": 80.0, "max": 99.0} and s["first_line"] == TEGRA_LINE
+
+
+def test_profile_attributes_kernel_time_to_model_parts(tiny_model_dir, tmp_path):
+    from benchmarks.profile import PARTS, main
+
+    report = main(["--model-dir", str(tiny_model_dir), "--batch", "1,2", "--audio-seconds", "0.5", "--text-words", "4", "--iters", "2", "--out", str(tmp_path)])
+    assert [r["batch"] for r in report["results"]] == [1, 2]
+    for r in report["results"]:
+        parts = {x["name"] for x in r["parts"]}
+        assert {"MFCC front-end", "audio 2-D CNN", "audio BiLSTM", "text block"} <= parts <= {p for _, p in PARTS} | {"fusion, masks and the rest"}
+        assert abs(sum(x["share"] for x in r["parts"]) - 1) < 1e-3 and r["kernel_ms"] > 0
+    saved = json.loads((tmp_path / "profile.json").read_text())
+    assert saved["results"] == report["results"] and "## Batch 2" in (tmp_path / "profile.md").read_text()

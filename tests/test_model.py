@@ -75,3 +75,24 @@ def test_missing_modality_uses_learned_vector(model):
     assert not torch.allclose(both, no_text)
     torch.testing.assert_close(no_text, other_tokens)  # an absent text's tokens are ignored
     torch.testing.assert_close(no_audio, other_audio)  # an absent clip's samples are ignored
+
+
+def test_shortest_accepted_clip_padded_equals_alone(model):
+    # The CNN masks only after each pool; that is exact while every pool sees >= 2 valid
+    # frames, i.e. >= 2 ** (number of pools) frames in: the runtime's minimum clip gives more.
+    import torch
+
+    from runtime.frontend import FrontendConfig
+
+    cfg = model.frontend_cfg
+    assert cfg == FrontendConfig()
+    assert cfg.num_frames(cfg.min_samples) >= 2 ** len(model.audio.cnn)
+    gen = torch.Generator().manual_seed(5)
+    long, short = 0.3 * torch.randn(1, 3 * cfg.sample_rate, generator=gen), 0.3 * torch.randn(1, cfg.min_samples, generator=gen)
+    audio = torch.cat([long, torch.nn.functional.pad(short, (0, long.shape[1] - short.shape[1]))])
+    lengths = torch.tensor([long.shape[1], short.shape[1]])
+    tokens, tl, ones = torch.tensor([[101, 102], [101, 102]]), torch.tensor([2, 2]), torch.ones(2)
+    with torch.no_grad():
+        batch = model(audio, lengths, tokens, tl, ones, torch.zeros(2))
+        alone = model(short, lengths[1:], tokens[:1], tl[:1], ones[:1], torch.zeros(1))
+    torch.testing.assert_close(batch[1], alone[0], atol=1e-5, rtol=1e-5)

@@ -41,6 +41,23 @@ def test_batch_equals_single_calls_and_keeps_order(rec):
         assert b.duration_s == pytest.approx(clip.size / 16000, abs=1e-3)
 
 
+def test_parallel_preparation_equals_serial_and_names_first_bad_item(tiny_model_dir):
+    clips = [encode(speechlike(s, sr=44100, seed=i), 44100, "WAV", "PCM_16") for i, s in enumerate([1.5, 0.6, 2.2, 0.9])]
+    serial = EmotionRecognizer.load(tiny_model_dir, engine="ort", prepare_threads=1)
+    parallel = EmotionRecognizer.load(tiny_model_dir, engine="ort", prepare_threads=3)
+    try:
+        for a, b in zip(serial.predict(audio=clips), parallel.predict(audio=clips)):
+            assert a.scores == b.scores
+        bad = clips[:1] + [b"not audio", np.zeros(16000, dtype=np.float32), clips[2]]
+        with pytest.raises(AudioError, match="item 1 is not decodable audio"):
+            parallel.predict(audio=bad, sample_rate=16000)
+        assert parallel._pool is not None  # the pool was used, and is shut down by close()
+    finally:
+        serial.close()
+        parallel.close()
+    assert parallel._pool is None
+
+
 def test_modalities_and_calibration_temperature(rec, tiny_model_dir):
     text_only = rec.predict(text="hello there")
     assert text_only.modalities == ("text",) and text_only.duration_s is None

@@ -49,3 +49,37 @@ def test_train_writes_a_loadable_model_folder(tmp_path, tokenizer_file, tiny_mod
     pred = rec.predict(audio=speechlike(1.0), text="stop it now", sample_rate=16000)
     assert set(pred.scores) == {"calm", "agitated"}
     assert np.isclose(sum(pred.scores.values()), 1.0)
+
+
+def test_weight_average_and_batchnorm_reestimation(tokenizer_file):
+    import torch
+
+    from export.train import WeightAverage, update_batchnorm
+    from runtime.text import TextEncoder
+    from tests.helpers import build_tiny_model
+
+    a, b = build_tiny_model(seed=1), build_tiny_model(seed=2)
+    avg = WeightAverage()
+    avg.add(a)
+    avg.add(b)
+    target = build_tiny_model(seed=3)
+    avg.apply(target)
+    sa, sb, st = a.state_dict(), b.state_dict(), target.state_dict()
+    for k, v in st.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (sa[k] + sb[k]) / 2)
+
+    # After re-estimation each BatchNorm holds the plain mean of its inputs over the clips,
+    # and the model is back in eval mode with the layers' own momentum.
+    clips = [speechlike(0.8, seed=i) for i in range(5)]
+    encoder = TextEncoder(tokenizer_file)
+    bn = target.audio.cnn[0][1]
+    seen = []
+    hook = target.audio.cnn[0][0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    update_batchnorm(target, clips, encoder, batch=2)
+    hook.remove()
+    assert not target.training and bn.momentum == 0.1
+    # the batch mean over (N, H, W) of each call, averaged over the calls (cumulative average)
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen])
+    torch.testing.assert_close(bn.running_mean, means.mean(0), atol=1e-5, rtol=1e-4)
+    assert int(bn.num_batches_tracked) == len(seen) == 3

@@ -1,0 +1,93 @@
+"""Transcript tokenisation: the ASCII fast path gives exactly the Rust tokenizer's ids."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+
+import numpy as np
+import pytest
+
+from runtime.text import WORD_CACHE_SIZE, TextEncoder
+
+
+def _rust_ids(enc: TextEncoder, text: str) -> list[int]:
+    return enc.tokenizer.encode(text, add_special_tokens=True).ids
+
+
+def _fuzz_texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    noisy = string.printable + "\x00\x01\x0b\x0c\x1f\x7f"
+    common = string.ascii_letters + string.digits + "    ',.!?-"
+    out = []
+    for _ in range(n):
+        alphabet = noisy if rng.random() < 0.3 else common
+        out.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))))
+    out += ["", " ", "x" * 101 + " ok", "x" * 100, "Don't!! Really?? $5.00 #1 e-mail", "word " * 200]
+    return out
+
+
+def test_fast_path_equals_rust_tokenizer_on_fuzzed_ascii(tokenizer_file):
+    enc = TextEncoder(tokenizer_file, max_tokens=32)
+    texts = _fuzz_texts(3000, seed=0)
+    # every text took the fast path except those with "[", which may start an added token
+    assert all((enc._fast_ids(t) is None) == ("[" in t) for t in texts)
+    for t in texts:
+        assert enc._fast_ids(t) in (None, _rust_ids(enc, t)), repr(t)
+    ids, lengths = enc.encode(texts)
+    for t, row, n in zip(texts, ids, lengths):
+        assert row[:n].tolist() == _rust_ids(enc, t) and not row[n:].any()
+    assert lengths.max() == 32  # truncated to max_tokens, [SEP] kept
+
+
+@pytest.mark.parametrize("text", ["Café crème, s'il vous plaît", "你好 world", "a [MASK] here", "[CLS] twice", "naïve\u00a0space"])
+def test_other_text_goes_through_rust_and_batches_mix(tokenizer_file, text):
+    enc = TextEncoder(tokenizer_file)
+    assert enc._fast_ids(text) is None
+    batch = ["plain ascii words", text, "more plain words!"]
+    ids, lengths = enc.encode(batch)
+    for t, row, n in zip(batch, ids, lengths):
+        assert row[:n].tolist() == _rust_ids(enc, t)
+
+
+def test_non_bert_tokenizer_never_takes_the_fast_path(tmp_path, tokenizer_file):
+    config = json.loads(tokenizer_file.read_text())
+    config["pre_tokenizer"] = {"type": "Whitespace"}  # splits differently from BertPreTokenizer
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(config))
+    enc = TextEncoder(path)
+    assert enc._bert is None and enc._fast_ids("hello world") is None
+    ids, lengths = enc.encode(["don't stop"])
+    assert ids[0, : lengths[0]].tolist() == _rust_ids(enc, "don't stop")
+
+
+def test_word_cache_is_bounded(tokenizer_file, monkeypatch):
+    import runtime.text
+
+    monkeypatch.setattr(runtime.text, "WORD_CACHE_SIZE", 5)
+    enc = TextEncoder(tokenizer_file)
+    text = "one two three four five six seven eight"
+    assert enc._fast_ids(text) == _rust_ids(enc, text)
+    assert len(enc._words) == 5 and WORD_CACHE_SIZE > 5
+    assert enc._fast_ids(text) == _rust_ids(enc, text)  # misses still tokenise correctly
+
+
+def test_empty_batch(tokenizer_file):
+    ids, lengths = TextEncoder(tokenizer_file).encode([])
+    assert ids.shape == (0, 1) and lengths.shape == (0,) and ids.dtype == np.int64
+
+
+def test_normalized_added_token_is_matched_case_insensitively(tmp_path, tokenizer_file):
+    config = json.loads(tokenizer_file.read_text())
+    new_id = len(config["model"]["vocab"])
+    config["added_tokens"].append(
+        {"id": new_id, "content": "emotech", "single_word": False, "lstrip": False, "rstrip": False, "normalized": True, "special": False}
+    )
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(config))
+    enc = TextEncoder(path)
+    for text in ("EMOTECH rocks", "emotech", "no token here"):
+        ids, lengths = enc.encode([text])
+        assert ids[0, : lengths[0]].tolist() == _rust_ids(enc, text)
+    assert new_id in enc.encode(["EMOTECH rocks"])[0][0]
