@@ -263,6 +263,19 @@ def validation_logits(model, encoder, pool: AudioPool, text_items, seed: int = 0
 # --------------------------------------------------------------------------- train
 
 
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s state."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def validation_score(model, encoder, pool: AudioPool, text_items, labels, seed: int) -> tuple[float, dict[str, float]]:
+    """Model-selection score on the validation split and its per-mode summary (UA, text macro-F1)."""
+    val = validation_logits(model, encoder, pool, text_items, seed=seed)
+    metrics = {k: classification_report(y, lg.argmax(1), list(labels)) for k, (lg, y) in val.items()}
+    summary = {k: round(m["unweighted_accuracy"] if k != "text" else m["macro_f1"], 4) for k, m in metrics.items()}
+    return score(metrics), summary
+
+
 def class_weights(items: list[data.Utterance], k: int) -> torch.Tensor:
     counts = np.maximum(np.array(data.class_counts(items, k), dtype=float), 1.0)
     w = (counts.sum() / counts) ** 0.5
@@ -356,14 +369,11 @@ def train(args: argparse.Namespace) -> Path:
             sched.step()
             run_loss = 0.9 * run_loss + 0.1 * loss.item() if step else loss.item()
             bar.set_postfix(loss=f"{run_loss:.3f}")
-        val = validation_logits(model, encoder, val_pool, text_val, seed=cfg.seed)
-        metrics = {k: classification_report(y, lg.argmax(1), list(labelset.labels)) for k, (lg, y) in val.items()}
-        s = score(metrics)
-        summary = {k: round(m["unweighted_accuracy"] if k != "text" else m["macro_f1"], 4) for k, m in metrics.items()}
+        s, summary = validation_score(model, encoder, val_pool, text_val, labelset.labels, cfg.seed)
         history.append({"epoch": epoch + 1, "loss": round(run_loss, 4), "score": round(s, 4), **summary})
         print(f"epoch {epoch + 1}: loss {run_loss:.3f} val {summary} score {s:.4f} ({time.time() - t0:.0f} s)", flush=True)
         if s > best:
-            best, best_state, selected = s, {k: v.detach().clone() for k, v in model.state_dict().items()}, f"epoch {epoch + 1}"
+            best, best_state, selected = s, snapshot(model), f"epoch {epoch + 1}"
         if cfg.swa_epochs and epoch >= cfg.epochs - cfg.swa_epochs:
             swa.add(model)
             if args.checkpoint_dir:  # the averaged epochs' weights, for studying the average later
@@ -373,22 +383,18 @@ def train(args: argparse.Namespace) -> Path:
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(args.checkpoint_dir) / f"epoch{epoch + 1:03d}.safetensors"))
 
     if swa.count:
-        # Weight averaging (SWA): BatchNorm statistics are re-estimated for the averaged weights;
-        # the average replaces the best single epoch only if validation says it is better.
+        # Weight averaging (SWA); the average replaces the best single epoch only if validation
+        # says it is better. BatchNorm is re-estimated as training saw it: augmented,
+        # time-masked, shuffled batches of audio_batch clips (padding included, since the
+        # running statistics the later layers adapted to were collected that way).
         swa.apply(model)
-        # Re-estimate BatchNorm as training saw it: augmented, time-masked, shuffled batches
-        # of audio_batch clips (padding included, since the running statistics that the
-        # later layers adapted to were collected that way).
         update_batchnorm(model, [augment(c, aug, np_rng) for c in train_pool.clips], encoder, cfg.audio_batch, rng, cfg, gen)
-        val = validation_logits(model, encoder, val_pool, text_val, seed=cfg.seed)
-        metrics = {k: classification_report(y, lg.argmax(1), list(labelset.labels)) for k, (lg, y) in val.items()}
-        s = score(metrics)
-        summary = {k: round(m["unweighted_accuracy"] if k != "text" else m["macro_f1"], 4) for k, m in metrics.items()}
+        s, summary = validation_score(model, encoder, val_pool, text_val, labelset.labels, cfg.seed)
         name = f"average of epochs {cfg.epochs - swa.count + 1}-{cfg.epochs}"
         history.append({"epoch": name, "score": round(s, 4), **summary})
         print(f"{name}: val {summary} score {s:.4f}", flush=True)
         if s > best:
-            best, best_state, selected = s, {k: v.detach().clone() for k, v in model.state_dict().items()}, name
+            best, best_state, selected = s, snapshot(model), name
     print(f"kept: {selected} (validation score {best:.4f})", flush=True)
     model.load_state_dict(best_state)
     model.eval()

@@ -64,7 +64,7 @@ class TextEncoder:
         self.tokenizer.enable_truncation(max_length=max_tokens)
         self.max_tokens = max_tokens
         self.max_chars = max_chars
-        config = json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
+        config = json.loads(self.tokenizer.to_str())  # the loaded pipeline, not a second file read
         self._bert = _bert_layout(config)
         # Texts containing a character that starts an added token (e.g. "[" of "[MASK]")
         # go to the Rust tokenizer, which matches added tokens before normalising.
