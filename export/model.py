@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from export.frontend import MFCC, frame_mask
-from runtime.frontend import FrontendConfig
+from runtime.frontend import FrontendConfig, dct_matrix
 
 NEG = -1.0e4  # "minus infinity" for masked max pooling that stays finite in FP16
 
@@ -32,6 +32,13 @@ class ModelConfig:
     vocab_size: int = 30522  # rows of the token-embedding table (MiniLM WordPiece vocab)
     embed_dim: int = 128  # token-embedding width (MiniLM's 384 projected by PCA at init)
     audio_cnn_channels: tuple[int, int, int] = (32, 64, 128)
+    # What the 2-D CNN looks at: "mfcc" (coefficient x time), or "cepstral_mel": the MFCCs
+    # mapped back through the transposed DCT (n_mfcc -> n_mels), a cepstrally smoothed
+    # log-mel image whose axis is frequency, where neighbouring rows are related as 3x3
+    # kernels assume (neighbouring cepstral coefficients are not). A fixed linear map of
+    # the same MFCCs: the front-end is unchanged.
+    audio_cnn_input: str = "mfcc"
+    audio_cnn_time_pools: tuple[int, int, int] = (2, 2, 2)  # time pooling after each CNN block (frequency: always 2)
     audio_lstm_hidden: int = 128  # per direction
     audio_conv_channels: int = 128  # strided convs before the audio LSTM (4x fewer steps)
     text_lstm_hidden: int = 128  # per direction
@@ -46,9 +53,16 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        if "audio_cnn_channels" in kwargs:
-            kwargs["audio_cnn_channels"] = tuple(kwargs["audio_cnn_channels"])
+        for key in ("audio_cnn_channels", "audio_cnn_time_pools"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        if self.audio_cnn_input not in ("mfcc", "cepstral_mel"):
+            raise ValueError(f"audio_cnn_input must be 'mfcc' or 'cepstral_mel', got {self.audio_cnn_input!r}")
+        if len(self.audio_cnn_time_pools) != len(self.audio_cnn_channels) or min(self.audio_cnn_time_pools) < 1:
+            raise ValueError(f"audio_cnn_time_pools needs one pool >= 1 per CNN block, got {self.audio_cnn_time_pools}")
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -90,13 +104,20 @@ def _conv_len(lengths: torch.Tensor, stride: int) -> torch.Tensor:
 class AudioBlock(nn.Module):
     """MFCC (B, T, n_mfcc) -> audio embedding (B, fusion_dim)."""
 
-    def __init__(self, n_mfcc: int, cfg: ModelConfig):
+    def __init__(self, frontend: FrontendConfig, cfg: ModelConfig):
         super().__init__()
+        n_mfcc = frontend.n_mfcc
         c1, c2, c3 = cfg.audio_cnn_channels
         self.cnn = nn.ModuleList()
         for cin, cout in ((1, c1), (c1, c2), (c2, c3)):
             self.cnn.append(nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()))
-        self.pool = nn.MaxPool2d(2)
+        self.time_pools = cfg.audio_cnn_time_pools
+        self.pools = nn.ModuleList(nn.MaxPool2d((2, t)) for t in self.time_pools)
+        if cfg.audio_cnn_input == "cepstral_mel":
+            # (n_mfcc, n_mels): mfcc (B, T, n_mfcc) @ it -> a smoothed log-mel image (B, T, n_mels).
+            self.register_buffer("to_image", torch.from_numpy(dct_matrix(frontend)), persistent=False)
+        else:
+            self.to_image = None
         ch = cfg.audio_conv_channels
         self.down = nn.ModuleList(
             [
@@ -109,18 +130,20 @@ class AudioBlock(nn.Module):
         self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, cfg.fusion_dim), nn.ReLU())
 
     def forward(self, mfcc: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # 2-D CNN over (coefficient, time); pooling halves time, so does the valid length.
-        x = mfcc.transpose(1, 2)[:, None]  # (B, 1, n_mfcc, T)
+        # 2-D CNN over (coefficient or mel band, time); a time pool of t divides time, and
+        # the valid length, by t (floor).
+        image = mfcc if self.to_image is None else torch.matmul(mfcc, self.to_image)
+        x = image.transpose(1, 2)[:, None]  # (B, 1, rows, T)
         n = lengths
-        # Only the pooled map is masked: a valid pooled frame j < n // 2 reads frames 2j and
-        # 2j + 1 < n, so the conv's garbage beyond n is never pooled into a valid frame as long
-        # as n >= 2 at every pool, i.e. n >= 2 ** 3 frames at the input of the three pools,
-        # which the front-end's minimum duration guarantees (0.25 s = 26 frames; tested in
-        # tests/test_model.py). Masking before the pool as well
+        # Only the pooled map is masked: a valid pooled frame j < n // t reads frames
+        # t j .. t j + t - 1 < n, so the conv's garbage beyond n is never pooled into a valid
+        # frame as long as n >= t at every pool, i.e. n >= prod(time pools) frames at the
+        # input (8 or 16 here), which the front-end's minimum duration guarantees (0.25 s =
+        # 26 frames; tested in tests/test_model.py). Masking before the pool as well
         # gave identical results and cost ONNX Runtime ~20 % in layout reorders.
-        for block in self.cnn:
-            x = self.pool(block(x))
-            n = torch.div(n, 2, rounding_mode="floor").clamp(min=1)
+        for block, pool, t in zip(self.cnn, self.pools, self.time_pools):
+            x = pool(block(x))
+            n = torch.div(n, t, rounding_mode="floor").clamp(min=1)
             x = x * frame_mask(n, x.shape[3])[:, None, None, :].to(x.dtype)
         cnn = masked_mean_max(x.mean(dim=2).transpose(1, 2), frame_mask(n, x.shape[3]), n)
 
@@ -163,7 +186,7 @@ class EmoTech(nn.Module):
         self.frontend_cfg = frontend
         self.cfg = cfg
         self.mfcc = MFCC(frontend)
-        self.audio = AudioBlock(frontend.n_mfcc, cfg)
+        self.audio = AudioBlock(frontend, cfg)
         self.text = TextBlock(cfg)
         self.missing_audio = nn.Parameter(torch.zeros(cfg.fusion_dim))
         self.missing_text = nn.Parameter(torch.zeros(cfg.fusion_dim))

@@ -63,16 +63,22 @@ def encode(audio: np.ndarray, sr: int, fmt: str, subtype: str | None = None) -> 
     return buf.getvalue()
 
 
-def build_tiny_model(seed: int = 0):
+# The audio-block options other than the defaults, so every test of the defaults can
+# also run on them (padding invariance, missing modality, ONNX parity).
+TINY_VARIANT = {"audio_cnn_input": "cepstral_mel", "audio_cnn_time_pools": [4, 2, 2]}
+
+
+def build_tiny_model(seed: int = 0, **overrides):
     """A seeded tiny EmoTech (eval mode) with non-trivial BatchNorm statistics and
-    "missing" vectors, so masking and modality bugs show in its outputs."""
+    "missing" vectors, so masking and modality bugs show in its outputs; ``overrides``
+    replace ``TINY_MODEL_CONFIG`` fields."""
     import torch
 
     from export.model import EmoTech, ModelConfig
     from runtime.frontend import FrontendConfig
 
     torch.manual_seed(seed)
-    model = EmoTech(FrontendConfig(), ModelConfig.from_dict(TINY_MODEL_CONFIG)).eval()
+    model = EmoTech(FrontendConfig(), ModelConfig.from_dict({**TINY_MODEL_CONFIG, **overrides})).eval()
     for m in model.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             m.running_mean.uniform_(-0.5, 0.5)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import build_tiny_model, requires_torch
+from tests.helpers import TINY_VARIANT, build_tiny_model, requires_torch
 
 pytestmark = requires_torch
 
 
-@pytest.fixture(scope="module")
-def model():
-    return build_tiny_model(seed=1)
+@pytest.fixture(scope="module", params=[{}, TINY_VARIANT], ids=["mfcc-image", "cepstral-mel-pool4"])
+def model(request):
+    return build_tiny_model(seed=1, **request.param)
 
 
 def test_reverse_padded_reverses_within_length_only():
@@ -78,15 +78,17 @@ def test_missing_modality_uses_learned_vector(model):
 
 
 def test_shortest_accepted_clip_padded_equals_alone(model):
-    # The CNN masks only after each pool; that is exact while every pool sees >= 2 valid
-    # frames, i.e. >= 2 ** (number of pools) frames in: the runtime's minimum clip gives more.
+    # The CNN masks only after each pool; that is exact while every pool of t frames sees
+    # >= t valid frames, i.e. >= prod(time pools) frames in: the runtime's minimum clip gives more.
+    import math
+
     import torch
 
     from runtime.frontend import FrontendConfig
 
     cfg = model.frontend_cfg
     assert cfg == FrontendConfig()
-    assert cfg.num_frames(cfg.min_samples) >= 2 ** len(model.audio.cnn)
+    assert cfg.num_frames(cfg.min_samples) >= math.prod(model.audio.time_pools)
     gen = torch.Generator().manual_seed(5)
     long, short = 0.3 * torch.randn(1, 3 * cfg.sample_rate, generator=gen), 0.3 * torch.randn(1, cfg.min_samples, generator=gen)
     audio = torch.cat([long, torch.nn.functional.pad(short, (0, long.shape[1] - short.shape[1]))])
@@ -96,3 +98,30 @@ def test_shortest_accepted_clip_padded_equals_alone(model):
         batch = model(audio, lengths, tokens, tl, ones, torch.zeros(2))
         alone = model(short, lengths[1:], tokens[:1], tl[:1], ones[:1], torch.zeros(1))
     torch.testing.assert_close(batch[1], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_cepstral_mel_image_is_the_inverse_dct_of_the_mfccs():
+    """With ``cepstral_mel`` the CNN sees the MFCCs through the transposed orthonormal DCT:
+    a log-mel image with the cepstrum above n_mfcc dropped (its DCT gives the MFCCs back)."""
+    import torch
+
+    from runtime.frontend import FrontendConfig, dct_matrix
+
+    cfg = FrontendConfig()
+    dct = torch.from_numpy(dct_matrix(cfg))  # (n_mfcc, n_mels)
+    model = build_tiny_model(seed=2, **TINY_VARIANT)
+    mfcc = torch.randn(2, 30, cfg.n_mfcc)
+    image = torch.matmul(mfcc, model.audio.to_image)
+    assert image.shape == (2, 30, cfg.n_mels)
+    torch.testing.assert_close(torch.matmul(image, dct.T), mfcc, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [({"audio_cnn_input": "spectrogram"}, "audio_cnn_input"), ({"audio_cnn_time_pools": (2, 2)}, "one pool"), ({"audio_cnn_time_pools": (2, 0, 2)}, "one pool")],
+)
+def test_model_config_rejects_bad_audio_options(bad, match):
+    from export.model import ModelConfig
+
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**bad)
