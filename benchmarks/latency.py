@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="intra-op threads of the ort and torch engines (default: their own choice; "
         "torch's setting is process-wide, so it applies to the baseline too)",
     )
+    p.add_argument(
+        "--ort-spin", action="store_true",
+        help="let ONNX Runtime's intra-op threads spin between runs (its own default; the runtime turns it off)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/<machine>)")
     p.add_argument("--quick", action="store_true", help="a few iterations per row: checks the harness, not the numbers")
     p.add_argument("--no-baseline", action="store_true", help="skip the librosa + PyTorch eager baseline")
@@ -138,7 +142,7 @@ def export_frontend(cfg, path: Path) -> Path:
 
 
 def frontend_runner(
-    engine: str, rec: EmotionRecognizer, device: str, threads: int | None, tmp: Path
+    engine: str, rec: EmotionRecognizer, device: str, threads: int | None, tmp: Path, spin: bool = False
 ) -> tuple[Callable, Callable] | str:
     """``(run(audio, lengths), sync)`` for the MFCC graph alone on the engine's backend,
     or the reason it cannot be measured here. The graph is exported from
@@ -169,6 +173,7 @@ def frontend_runner(
     opts.inter_op_num_threads = 1
     if threads:
         opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")  # as the engine's session
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     return (lambda audio, lengths: sess.run(None, {"audio": audio, "audio_lengths": lengths})), no_sync
@@ -310,6 +315,8 @@ def load_engine(
     """One engine, or None (recorded in ``skipped``) when it cannot run here."""
     what = f"engine {engine} {precision} on {engine_device(engine, args.device)}"
     kwargs = {"threads": args.threads} if engine in ("ort", "torch") and args.threads else {}
+    if engine == "ort" and args.ort_spin:
+        kwargs["spin"] = True
     try:
         return EmotionRecognizer.load(
             args.model_dir, engine=engine, precision=precision, device=args.device, max_batch=max(batches), **kwargs
@@ -357,7 +364,7 @@ def run(args: argparse.Namespace) -> dict:
             if rec is None:
                 continue
             sample_rate = rec.sample_rate
-            fe = frontend_runner(engine, rec, args.device, args.threads, Path(tmp))
+            fe = frontend_runner(engine, rec, args.device, args.threads, Path(tmp), spin=args.ort_spin)
             if isinstance(fe, str):
                 skipped.append({"what": f"frontend stage of {engine} {precision}", "reason": fe})
             described.append({**rec.engine.describe(), **({"frontend_stage": "not measured"} if isinstance(fe, str) else {})})
@@ -376,7 +383,7 @@ def run(args: argparse.Namespace) -> dict:
         "engines": _csv(args.engine), "precisions": _csv(args.precision), "device": args.device, "batches": batches,
         "audio_seconds": args.audio_seconds, "text_words": args.text_words, "input_rate": args.input_rate,
         "sample_rate": sample_rate, "model_dir": str(args.model_dir),
-        "threads": args.threads, "quick": args.quick, "seed": args.seed, "baseline_blas_threads": args.baseline_blas_threads,
+        "threads": args.threads, "ort_spin": args.ort_spin, "quick": args.quick, "seed": args.seed, "baseline_blas_threads": args.baseline_blas_threads,
         "budget": ("quick: " if args.quick else "") + ", ".join(f"{k}={v}" for k, v in asdict(budget).items()),
     }  # fmt: skip
     ratio_rows = rep.ratios(rows)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,21 +24,23 @@ from benchmarks.workload import Workload, make_requests
 from runtime import EmotionRecognizer
 from runtime.spec import package_versions
 
-# Node-name prefix -> part of the model, first match wins (names come from export/model.py).
+# Node-name prefix -> part of the model, first match wins (names come from export/model.py:
+# a single EmoTech's audio block is /audio/, an ensemble's are /audio_blocks.<k>/).
+AUDIO = r"/audio(?:_blocks\.\d+)?/"
 PARTS = (
-    ("/mfcc/", "MFCC front-end"),
-    ("/audio/cnn", "audio 2-D CNN"),
-    ("/audio/pool", "audio 2-D CNN"),
-    ("/audio/down", "audio strided 1-D convs"),
-    ("/audio/lstm", "audio BiLSTM"),
-    ("/audio/", "audio masks and pooling"),
-    ("/text/", "text block"),
+    (r"/mfcc/", "MFCC front-end"),
+    (AUDIO + "(?:cnn|pool)", "audio 2-D CNN"),
+    (AUDIO + "down", "audio strided 1-D convs"),
+    (AUDIO + "lstm", "audio BiLSTM"),
+    (AUDIO, "audio masks and pooling"),
+    (r"/text/", "text block"),
 )
+_PARTS = tuple((re.compile(pattern), part) for pattern, part in PARTS)
 
 
 def part_of(node: str) -> str:
-    for prefix, part in PARTS:
-        if node.startswith(prefix):
+    for pattern, part in _PARTS:
+        if pattern.match(node):
             return part
     return "fusion, masks and the rest"
 

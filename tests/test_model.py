@@ -9,7 +9,7 @@ from tests.helpers import TINY_VARIANT, build_tiny_model, requires_torch
 pytestmark = requires_torch
 
 
-@pytest.fixture(scope="module", params=[{}, TINY_VARIANT], ids=["mfcc-image", "cepstral-mel-pool4"])
+@pytest.fixture(scope="module", params=[{}, TINY_VARIANT], ids=["time-pools-4-2-2", "time-pools-2-2-2"])
 def model(request):
     return build_tiny_model(seed=1, **request.param)
 
@@ -100,28 +100,22 @@ def test_shortest_accepted_clip_padded_equals_alone(model):
     torch.testing.assert_close(batch[1], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_cepstral_mel_image_is_the_inverse_dct_of_the_mfccs():
-    """With ``cepstral_mel`` the CNN sees the MFCCs through the transposed orthonormal DCT:
-    a log-mel image with the cepstrum above n_mfcc dropped (its DCT gives the MFCCs back)."""
-    import torch
-
-    from runtime.frontend import FrontendConfig, dct_matrix
-
-    cfg = FrontendConfig()
-    dct = torch.from_numpy(dct_matrix(cfg))  # (n_mfcc, n_mels)
-    model = build_tiny_model(seed=2, **TINY_VARIANT)
-    mfcc = torch.randn(2, 30, cfg.n_mfcc)
-    image = torch.matmul(mfcc, model.audio.to_image)
-    assert image.shape == (2, 30, cfg.n_mels)
-    torch.testing.assert_close(torch.matmul(image, dct.T), mfcc, atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize(
     "bad, match",
-    [({"audio_cnn_input": "spectrogram"}, "audio_cnn_input"), ({"audio_cnn_time_pools": (2, 2)}, "one pool"), ({"audio_cnn_time_pools": (2, 0, 2)}, "one pool")],
+    [({"audio_cnn_time_pools": (2, 2)}, "one pool"), ({"audio_cnn_time_pools": (2, 0, 2)}, "one pool")],
 )
 def test_model_config_rejects_bad_audio_options(bad, match):
     from export.model import ModelConfig
 
     with pytest.raises(ValueError, match=match):
         ModelConfig(**bad)
+
+
+def test_a_spec_written_before_the_audio_options_means_the_original_architecture():
+    from export.model import ModelConfig
+
+    old_spec = {"architecture": "EmoTech", "num_classes": 7, "audio_cnn_channels": [32, 64, 128]}
+    cfg = ModelConfig.from_spec(old_spec)
+    assert cfg.audio_cnn_time_pools == (2, 2, 2) != ModelConfig().audio_cnn_time_pools
+    new = ModelConfig.from_spec({**old_spec, "audio_cnn_time_pools": [4, 2, 2]})
+    assert new.audio_cnn_time_pools == (4, 2, 2)

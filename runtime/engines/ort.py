@@ -45,12 +45,18 @@ class OrtEngine(Engine):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self._version = ort.__version__
+        self._spin = spin
 
     def _infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([OUTPUT], feed)[0]
 
     def describe(self) -> dict[str, str]:
-        return {**super().describe(), "onnxruntime": self._version, "providers": ",".join(self.session.get_providers())}
+        return {
+            **super().describe(),
+            "onnxruntime": self._version,
+            "providers": ",".join(self.session.get_providers()),
+            "thread_spinning": "on" if self._spin else "off",
+        }
 
     def close(self) -> None:
         self.session = None
