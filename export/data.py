@@ -28,6 +28,11 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 # The speaker-independent split used everywhere (never mix actors across splits).
 RAVDESS_SPLIT = {"train": range(1, 19), "val": range(19, 21), "test": range(21, 25)}
+# For comparing training recipes only (``export.train --ravdess-split selection``): six
+# validation speakers (360 clips) instead of two, so a recipe's score moves less by chance;
+# the test actors stay untouched. Shipped models always use RAVDESS_SPLIT.
+RAVDESS_SELECTION_SPLIT = {"train": range(1, 15), "val": range(15, 21), "test": range(21, 25)}
+RAVDESS_SPLITS = {"standard": RAVDESS_SPLIT, "selection": RAVDESS_SELECTION_SPLIT}
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,9 @@ def load_ravdess(root: Path, labelset: LabelSet, actors: Iterable[int] | None = 
     return items
 
 
-def ravdess_split(root: Path, labelset: LabelSet, split: str) -> list[Utterance]:
-    return load_ravdess(root, labelset, RAVDESS_SPLIT[split])
+def ravdess_split(root: Path, labelset: LabelSet, split: str, scheme: str = "standard") -> list[Utterance]:
+    """The ``split`` ('train', 'val', 'test') of a speaker split in ``RAVDESS_SPLITS``."""
+    return load_ravdess(root, labelset, RAVDESS_SPLITS[scheme][split])
 
 
 def load_goemotions(path: Path, labelset: LabelSet, multilabel: str = "drop") -> list[Utterance]:

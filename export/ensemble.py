@@ -56,7 +56,7 @@ def load_members(dirs: list[Path]) -> tuple[list[EmoTech], list[dict]]:
 def member_summary(model_dir: Path, spec: dict) -> dict:
     """What the ensemble's spec keeps of a member's training record."""
     t = spec.get("training", {})
-    keep = ("command", "selected", "best_val_score", "train_seconds", "text_block_from")
+    keep = ("command", "selected", "best_val_score", "train_seconds", "text_block_from", "history")
     return {"model_dir": str(model_dir), "seed": t.get("config", {}).get("seed"), **{k: t.get(k) for k in keep}}
 
 

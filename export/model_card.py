@@ -57,6 +57,40 @@ def per_class_table(results: dict, labels: list[str]) -> list[str]:
     return rows
 
 
+def training_lines(spec: dict) -> list[str]:
+    """The training section: one run, or an ensemble's members and their validation scores."""
+    tr = spec.get("training", {})
+    ens = tr.get("ensemble")
+    if not ens:
+        return [
+            f"Command: `{tr.get('command', '')}` ({tr.get('train_seconds', '?')} s on the machine that trained it;",
+            f"kept: {tr.get('selected') or 'the best epoch'}, validation score {tr.get('best_val_score')}; "
+            "per-epoch history in `spec.json`).",
+        ]
+    m = spec["model"]
+    lines = [
+        f"An ensemble of {m['members']} EmoTech networks (`EmoTechEnsemble`): one MFCC front-end and one text block",
+        "(member 0's; the others were trained with it frozen, `--text-from`), and per member an audio block, 'missing'",
+        "vectors and a fusion head; the logits are the members' mean. Members, each kept at its best validation epoch:",
+        "",
+        "| member | command | kept | seconds |",
+        "|---|---|---|---:|",
+    ]
+    for i, mem in enumerate(ens["members"]):
+        lines.append(f"| {i} | `{mem['command']}` | {mem['selected']} | {mem['train_seconds']} |")
+    modes = [k for k in next(iter(ens["validation"].values())) if k != "score"]
+    lines += [
+        "",
+        f"Combined by `{tr.get('command', '')}`. Validation (actors 19-20, GoEmotions dev; UA, text macro-F1):",
+        "",
+        "| | " + " | ".join(modes) + " | score |",
+        "|---|" + "---:|" * (len(modes) + 1),
+    ]
+    for name, v in ens["validation"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v[k]:.4f}" for k in modes) + f" | {v['score']:.4f} |")
+    return lines + ["", "Each member's per-epoch validation history is in `spec.json` (`training.ensemble.members`)."]
+
+
 def render(model_dir: Path) -> str:
     spec = json.loads((model_dir / "spec.json").read_text())
     metrics = json.loads((model_dir / "eval" / "metrics.json").read_text())
@@ -109,9 +143,7 @@ def render(model_dir: Path) -> str:
         "",
         "## Training",
         "",
-        f"Command: `{tr.get('command', '')}` ({tr.get('train_seconds', '?')} s on the machine that trained it;",
-        f"kept: {tr.get('selected') or 'the best epoch'}, validation score {tr.get('best_val_score')}; "
-        "per-epoch history in `spec.json`).",
+        *training_lines(spec),
         "",
         "## Files",
         "",

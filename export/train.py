@@ -123,7 +123,8 @@ def load_corpora(args: argparse.Namespace, labelset: data.LabelSet) -> Corpora:
     root = Path(args.data_root)
     if args.audio_corpus == "ravdess":
         aroot = Path(args.audio_root or root / "ravdess")
-        audio = {s: data.ravdess_split(aroot, labelset, s) for s in ("train", "val", "test")}
+        scheme = getattr(args, "ravdess_split", "standard")
+        audio = {s: data.ravdess_split(aroot, labelset, s, scheme) for s in ("train", "val", "test")}
     elif args.audio_corpus == "iemocap":
         sessions = set(range(1, 6))
         val, test = {args.iemocap_val_session}, {args.iemocap_test_session}
@@ -548,6 +549,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=str(data.DEFAULT_DATA_ROOT), help="folder with ravdess/ and text/")
     p.add_argument("--audio-corpus", choices=["ravdess", "iemocap", "manifest"], default="ravdess")
     p.add_argument("--audio-root", default=None, help="corpus folder (default: DATA_ROOT/ravdess)")
+    p.add_argument(
+        "--ravdess-split",
+        choices=sorted(data.RAVDESS_SPLITS),
+        default="standard",
+        help="speaker split: standard (train 01-18, val 19-20, test 21-24) or selection (train 01-14, val 15-20), for comparing recipes",
+    )
     p.add_argument("--train-manifest", default=None, help="manifest CSV path,label[,text][,speaker] (audio-corpus manifest)")
     p.add_argument("--val-manifest", default=None)
     p.add_argument("--test-manifest", default=None)

@@ -97,3 +97,12 @@ def test_real_corpora_counts():
     assert 4500 < len(test) < 5427  # single-label rows only
     meld = data.load_meld(DATA_ROOT / "text" / "meld" / "test_sent_emo.csv", EMO7)
     assert len(meld) == 2610
+
+
+def test_ravdess_splits_never_share_a_speaker_and_test_is_the_same_in_both():
+    for scheme, split in data.RAVDESS_SPLITS.items():
+        parts = [set(split[s]) for s in ("train", "val", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2]), scheme
+        assert set().union(*parts) == set(range(1, 25)), scheme
+    assert data.RAVDESS_SELECTION_SPLIT["test"] == data.RAVDESS_SPLIT["test"]
+    assert len(data.RAVDESS_SELECTION_SPLIT["val"]) == 6

@@ -119,3 +119,16 @@ def test_a_spec_written_before_the_audio_options_means_the_original_architecture
     assert cfg.audio_cnn_time_pools == (2, 2, 2) != ModelConfig().audio_cnn_time_pools
     new = ModelConfig.from_spec({**old_spec, "audio_cnn_time_pools": [4, 2, 2]})
     assert new.audio_cnn_time_pools == (4, 2, 2)
+
+
+def test_committed_recipe_configs_are_valid_model_configs():
+    import json
+    from pathlib import Path
+
+    from export.model import ModelConfig
+
+    files = sorted((Path(__file__).resolve().parents[1] / "export" / "configs").glob("*.json"))
+    assert files
+    for f in files:
+        cfg = ModelConfig.from_dict(json.loads(f.read_text()))
+        assert cfg != ModelConfig(), f.name  # each one is a real alternative to the defaults

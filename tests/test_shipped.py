@@ -21,7 +21,6 @@ def fresh(tmp_path_factory):
     return json.loads((out / "metrics.json").read_text())["results"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 2 target not met yet: the shipped weights reach UA 0.560 on RAVDESS 21-24")
 def test_audio_target(fresh):
     assert fresh["audio"]["unweighted_accuracy"] >= 0.60  # RAVDESS actors 21-24, 7 classes
 

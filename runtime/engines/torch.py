@@ -1,4 +1,4 @@
-"""PyTorch engine: the model folder's own weights in ``export.model.EmoTech``, CPU or CUDA.
+"""PyTorch engine: the model folder's own weights in ``export.model`` (EmoTech or its ensemble), CPU or CUDA.
 
 The reference backend, and the GPU path for desktops without TensorRT. It runs the same
 fused forward as the ONNX graph, front-end included, so on CUDA the MFCC of the whole
