@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "torch's setting is process-wide, so it applies to the baseline too)",
     )
     p.add_argument(
-        "--ort-spin", action="store_true",
-        help="let ONNX Runtime's intra-op threads spin between runs (its own default; the runtime turns it off)",
+        "--ort-no-spin", dest="ort_spin", action="store_false",
+        help="turn off ONNX Runtime's intra-op thread spinning (on by default, as in the runtime)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/<machine>)")
     p.add_argument("--quick", action="store_true", help="a few iterations per row: checks the harness, not the numbers")
@@ -142,7 +142,7 @@ def export_frontend(cfg, path: Path) -> Path:
 
 
 def frontend_runner(
-    engine: str, rec: EmotionRecognizer, device: str, threads: int | None, tmp: Path, spin: bool = False
+    engine: str, rec: EmotionRecognizer, device: str, threads: int | None, tmp: Path, spin: bool = True
 ) -> tuple[Callable, Callable] | str:
     """``(run(audio, lengths), sync)`` for the MFCC graph alone on the engine's backend,
     or the reason it cannot be measured here. The graph is exported from
@@ -315,8 +315,8 @@ def load_engine(
     """One engine, or None (recorded in ``skipped``) when it cannot run here."""
     what = f"engine {engine} {precision} on {engine_device(engine, args.device)}"
     kwargs = {"threads": args.threads} if engine in ("ort", "torch") and args.threads else {}
-    if engine == "ort" and args.ort_spin:
-        kwargs["spin"] = True
+    if engine == "ort" and not args.ort_spin:
+        kwargs["spin"] = False
     try:
         return EmotionRecognizer.load(
             args.model_dir, engine=engine, precision=precision, device=args.device, max_batch=max(batches), **kwargs

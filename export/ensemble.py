@@ -21,7 +21,6 @@ against PyTorch, exactly like ``export.train`` output.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 
 from export import bundle, data
 from export.model import EmoTech, EmoTechEnsemble
-from export.train import AudioPool, add_data_arguments, calibrate, load_corpora, validation_score
+from export.train import AudioPool, add_data_arguments, calibrate, load_corpora, validation_score, write_model_folder
 from runtime.frontend import FrontendConfig
 from runtime.text import TextEncoder
 
@@ -86,30 +85,15 @@ def build_ensemble(args: argparse.Namespace) -> Path:
         validation[name] = {"score": round(score, 4), **summary}
         print(f"{name}: val {summary} score {score:.4f}", flush=True)
     temps = calibrate(ensemble, encoder, val_pool, text_val, args.seed)
-    extra = {
-        "calibration": {
-            "method": "temperature",
-            "fit_on": "validation split: audio on held-out speakers, text on the text corpus's dev set",
-            "temperature": temps,
-        },
-        "training": {
-            **{k: first.get("training", {}).get(k) for k in ("labelset", "audio_corpus", "text_corpus", "audio_train_items", "text_train_items", "config", "augment")},
-            "ensemble": {"members": [member_summary(d, s) for d, s in zip(dirs, specs)], "validation": validation},
-            "best_val_score": validation["ensemble"]["score"],
-            "selected": f"mean of the logits of {len(models)} members",
-            "command": args.command_line,
-            "train_seconds": sum(s.get("training", {}).get("train_seconds") or 0 for s in specs),
-        },
+    training = {
+        **{k: first.get("training", {}).get(k) for k in ("labelset", "audio_corpus", "text_corpus", "audio_train_items", "text_train_items", "config", "augment")},
+        "ensemble": {"members": [member_summary(d, s) for d, s in zip(dirs, specs)], "validation": validation},
+        "best_val_score": validation["ensemble"]["score"],
+        "selected": f"mean of the logits of {len(models)} members",
+        "command": args.command_line,
+        "train_seconds": sum(s.get("training", {}).get("train_seconds") or 0 for s in specs),
     }
-    out = Path(args.out)
-    spec = bundle.save_model(ensemble, out, tuple(first["labels"]), tok_file, max_tokens, extra)
-    from export.onnx import GRAPHS, export_all
-
-    diffs = export_all(ensemble, out)
-    bundle.register_graphs(spec, {n: GRAPHS[n].filename for n in diffs})
-    bundle.update_files(out, spec)
-    print(f"wrote {out} (ONNX vs PyTorch max diff: {json.dumps({k: float(f'{v:.1e}') for k, v in diffs.items()})})")
-    return out
+    return write_model_folder(ensemble, Path(args.out), tuple(first["labels"]), tok_file, max_tokens, temps, training)
 
 
 def build_parser() -> argparse.ArgumentParser:

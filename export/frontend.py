@@ -76,13 +76,14 @@ class MFCC(nn.Module):
         cfg = self.cfg
         mel = self.mel_power(audio)  # (B, T, n_mels)
         db = torch.log(torch.clamp(mel, min=cfg.amin)) * (10.0 / math.log(10.0))
-        frame_lengths = torch.div(lengths, cfg.hop_length, rounding_mode="floor") + 1
+        # lengths are >= 0, so truncating division is floor division (and one ONNX Div).
+        frame_lengths = torch.div(lengths, cfg.hop_length, rounding_mode="trunc") + 1
         mask = frame_mask(frame_lengths, db.shape[1])[:, :, None]  # (B, T, 1)
         floor_db = 10.0 * math.log10(cfg.amin)
-        peak = torch.where(mask, db, torch.full_like(db, floor_db)).amax(dim=(1, 2), keepdim=True)
+        peak = torch.where(mask, db, floor_db).amax(dim=(1, 2), keepdim=True)
         db = torch.maximum(db, peak - cfg.top_db)
         mfcc = torch.matmul(db, self.dct)  # (B, T, n_mfcc)
-        mfcc = torch.where(mask, mfcc, torch.zeros_like(mfcc))
+        mfcc = torch.where(mask, mfcc, 0.0)
         if cfg.cmvn:
             mfcc = masked_cmvn(mfcc, mask, frame_lengths)
         return mfcc, frame_lengths
@@ -92,7 +93,7 @@ def masked_cmvn(x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> t
     """Per-item mean/variance normalisation over valid frames; invalid frames stay 0."""
     count = lengths.to(x.dtype)[:, None, None]
     mean = x.sum(dim=1, keepdim=True) / count  # invalid frames are already 0
-    centred = torch.where(mask, x - mean, torch.zeros_like(x))
+    centred = torch.where(mask, x - mean, 0.0)
     var = (centred * centred).sum(dim=1, keepdim=True) / count
     return centred / torch.sqrt(var + 1e-5)
 

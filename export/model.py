@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -70,19 +70,30 @@ class ModelConfig:
             raise ValueError(f"audio_cnn_time_pools needs one pool >= 1 per CNN block, got {self.audio_cnn_time_pools}")
 
 
-def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each item of ``x`` (B, T, C) within its own length; padding stays at the end."""
-    steps = torch.arange(x.shape[1], device=x.device)[None, :]
+# Masks are float 0/1 tensors built once per forward and derived stage by stage with one
+# op each (a pool, a strided slice), not rebuilt from integer lengths at every stage: at
+# batch 1 the graph's run time is mostly per-op overhead, and each rebuild costs about ten
+# small ops (Shape, Range, floor division, compare, cast) per stage and member. Where
+# ``x * valid`` replaces ``where(mask, x, 0)`` the values are identical (x is finite).
+
+
+def reverse_index(lengths: torch.Tensor, steps: int | torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` gather index that reverses each item within its own length (padding stays)."""
+    t = torch.arange(steps, device=lengths.device)[None, :]
     last = lengths[:, None] - 1
-    idx = torch.where(steps <= last, last - steps, steps)
-    return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+    return torch.where(t <= last, last - t, t)
 
 
-def masked_mean_max(x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Concatenated mean and max over valid time steps of ``x`` (B, T, C) -> (B, 2C)."""
-    m = mask[:, :, None]
-    mean = torch.where(m, x, torch.zeros_like(x)).sum(dim=1) / lengths.to(x.dtype)[:, None]
-    peak = torch.where(m, x, torch.full_like(x, NEG)).amax(dim=1)
+def reverse_padded(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, T, C) reordered along time by ``reverse_index``."""
+    return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def masked_mean_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Concatenated mean and max over the valid time steps of ``x`` (B, T, C) -> (B, 2C);
+    ``valid`` is (B, T, 1), 1.0 on valid steps and 0.0 elsewhere."""
+    mean = (x * valid).sum(dim=1) / valid.sum(dim=1)
+    peak = torch.where(valid > 0, x, NEG).amax(dim=1)
     return torch.cat([mean, peak], dim=1)
 
 
@@ -97,13 +108,17 @@ class BiLSTM(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # A forward LSTM's outputs at valid steps never depend on later (padded) steps.
         out_f, _ = self.fwd(x)
-        out_b, _ = self.bwd(reverse_padded(x, lengths))
-        return torch.cat([out_f, reverse_padded(out_b, lengths)], dim=2)
+        index = reverse_index(lengths, x.shape[1])
+        out_b, _ = self.bwd(reverse_padded(x, index))
+        return torch.cat([out_f, reverse_padded(out_b, index)], dim=2)
 
 
-def _conv_len(lengths: torch.Tensor, stride: int) -> torch.Tensor:
-    # Output length of a 'same'-padded odd-kernel conv or a stride-sized pool.
-    return torch.div(lengths - 1, stride, rounding_mode="floor") + 1
+class AudioMasks(NamedTuple):
+    """Validity (1.0 / 0.0) of each stage's frames, shared by every audio block of a model."""
+
+    cnn: tuple[torch.Tensor, ...]  # (B, 1, 1, T_k) after each CNN pool
+    down: tuple[torch.Tensor, ...]  # (B, 1, T_j) after each strided conv
+    lstm_lengths: torch.Tensor  # (B,) int64 valid steps of the BiLSTM
 
 
 class AudioBlock(nn.Module):
@@ -129,32 +144,46 @@ class AudioBlock(nn.Module):
         width = 2 * c3 + 4 * cfg.audio_lstm_hidden
         self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, cfg.fusion_dim), nn.ReLU())
 
-    def forward(self, mfcc: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def masks(self, lengths: torch.Tensor, frames: int | torch.Tensor) -> AudioMasks:
+        """Stage masks for items of ``lengths`` valid frames out of ``frames``.
+
+        A pooled frame j is valid iff every frame it pools is (``t j + t - 1 < n``, i.e.
+        ``j < n // t``): min-pooling the mask, as max-pooling its complement. The strided
+        convs (kernel 5, stride 2, padding 2) give ``(n - 1) // 2 + 1`` valid outputs out of
+        ``(T - 1) // 2 + 1``: output j is valid iff input frame 2j is, a stride-2 slice.
+        """
+        valid = frame_mask(lengths, frames).to(torch.float32)
+        cnn, v = [], valid[:, None, None, :]
+        for t in self.time_pools:
+            v = 1.0 - nn.functional.max_pool2d(1.0 - v, (1, t))
+            cnn.append(v)
+        down, d = [], valid[:, None, :]
+        for _ in self.down:
+            d = d[:, :, ::2]
+            down.append(d)
+        return AudioMasks(tuple(cnn), tuple(down), d[:, 0].sum(dim=1).to(torch.int64))
+
+    def forward(self, mfcc: torch.Tensor, lengths: torch.Tensor, masks: AudioMasks | None = None) -> torch.Tensor:
+        masks = masks if masks is not None else self.masks(lengths, mfcc.shape[1])
         # 2-D CNN over (coefficient, time); a time pool of t divides time, and the valid
         # length, by t (floor).
         x = mfcc.transpose(1, 2)[:, None]  # (B, 1, n_mfcc, T)
-        n = lengths
         # Only the pooled map is masked: a valid pooled frame j < n // t reads frames
         # t j .. t j + t - 1 < n, so the conv's garbage beyond n is never pooled into a valid
         # frame as long as n >= t at every pool, i.e. n >= prod(time pools) frames at the
         # input (8 or 16 here), which the front-end's minimum duration guarantees (0.25 s =
         # 26 frames; tested in tests/test_model.py). Masking before the pool as well
         # gave identical results and cost ONNX Runtime ~20 % in layout reorders.
-        for block, pool, t in zip(self.cnn, self.pools, self.time_pools):
-            x = pool(block(x))
-            n = torch.div(n, t, rounding_mode="floor").clamp(min=1)
-            x = x * frame_mask(n, x.shape[3])[:, None, None, :].to(x.dtype)
-        cnn = masked_mean_max(x.mean(dim=2).transpose(1, 2), frame_mask(n, x.shape[3]), n)
+        for block, pool, valid in zip(self.cnn, self.pools, masks.cnn):
+            x = pool(block(x)) * valid
+        cnn = masked_mean_max(x.mean(dim=2).transpose(1, 2), masks.cnn[-1][:, 0].transpose(1, 2))
 
         # Strided convs cut the LSTM's steps by 4, then a length-aware BiLSTM.
         y = mfcc.transpose(1, 2)  # (B, n_mfcc, T)
-        m = lengths
-        for block in self.down:
-            y = block(y)
-            m = _conv_len(m, 2)
-            y = y * frame_mask(m, y.shape[2])[:, None, :].to(y.dtype)
-        seq = self.lstm(y.transpose(1, 2), m)
-        rnn = masked_mean_max(seq, frame_mask(m, seq.shape[1]), m)
+        for block, valid in zip(self.down, masks.down):
+            y = block(y) * valid
+        seq = self.lstm(y.transpose(1, 2), masks.lstm_lengths)
+        rnn = masked_mean_max(seq, masks.down[-1].transpose(1, 2))
         return self.proj(torch.cat([cnn, rnn], dim=1))
 
 
@@ -170,11 +199,11 @@ class TextBlock(nn.Module):
         self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(2 * cfg.text_conv_channels, cfg.fusion_dim), nn.ReLU())
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = frame_mask(lengths, tokens.shape[1])
-        x = self.drop(self.embed(tokens)) * mask[:, :, None].to(torch.float32)
-        seq = self.lstm(x, lengths) * mask[:, :, None].to(torch.float32)
+        valid = frame_mask(lengths, tokens.shape[1]).to(torch.float32)[:, :, None]
+        x = self.drop(self.embed(tokens)) * valid
+        seq = self.lstm(x, lengths) * valid
         y = self.conv(seq.transpose(1, 2)).transpose(1, 2)
-        return self.proj(masked_mean_max(y, mask, lengths))
+        return self.proj(masked_mean_max(y, valid))
 
 
 def fusion_head(cfg: ModelConfig) -> nn.Sequential:
@@ -329,8 +358,10 @@ class EmoTechEnsemble(FusedModel):
         return self.cfg.fusion_dim * self.members
 
     def audio(self, mfcc: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-        """The members' audio embeddings side by side, ``(B, members * fusion_dim)``."""
-        return torch.cat([block(mfcc, frame_lengths) for block in self.audio_blocks], dim=1)
+        """The members' audio embeddings side by side, ``(B, members * fusion_dim)``; the
+        members' blocks have one shape, so their stage masks are built once."""
+        masks = self.audio_blocks[0].masks(frame_lengths, mfcc.shape[1])
+        return torch.cat([block(mfcc, frame_lengths, masks) for block in self.audio_blocks], dim=1)
 
     def fuse(self, a: torch.Tensor, t: torch.Tensor, has_audio: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
         parts = a.chunk(self.members, dim=1)

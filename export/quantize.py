@@ -372,8 +372,25 @@ def compare_with_fp32(rec, variants: dict[str, Any], data_root: Path, limit: int
 # ------------------------------------------------------------------------ CLI
 
 
+def pending_file(path: Path) -> Path:
+    """Where a new variant waits until it is registered: ``emotech.int8.onnx.new``."""
+    return path.with_name(path.name + ".new")
+
+
+def install_variants(pending: dict[str, Path]) -> dict[str, Path]:
+    """Move pending variants over the registered files (atomic per file); graph -> final path."""
+    final = {g: p.with_name(p.name.removesuffix(".new")) for g, p in pending.items()}
+    for g, p in pending.items():
+        p.replace(final[g])
+    return final
+
+
 def make_variants(model_dir: Path, precision: str, data_root: Path | None, graphs: Sequence[str] | None = None, n_audio: int = 240, n_text: int = 480, method: str = "minmax", seed: int = 0) -> dict[str, Path]:
     """Write the ``precision`` variant of each FP32 graph of ``model_dir``; returns graph -> path.
+
+    Each variant is written as ``<variant>.new`` (``pending_file``) beside the registered one,
+    which stays intact and still matches its hash until ``install_variants`` replaces it:
+    re-quantising a folder never leaves it failing verification.
 
     Raises:
         ValueError: unknown precision or graph; RuntimeError: a variant fails the TensorRT
@@ -400,7 +417,7 @@ def make_variants(model_dir: Path, precision: str, data_root: Path | None, graph
     out: dict[str, Path] = {}
     for graph in graphs:
         src = model_dir / fp32[graph]
-        dst = model_dir / variant_file(fp32[graph], precision)
+        dst = pending_file(model_dir / variant_file(fp32[graph], precision))
         t0 = time.time()
         if precision == "fp16":
             onnx.save(convert_to_fp16(onnx.load(str(src))), str(dst))
@@ -456,8 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_eval:
         print(f"accuracy comparison skipped: no fused graph converted or no data at {args.data_root}", flush=True)
     if not ok and not args.force:
+        for path in written.values():
+            path.unlink()
         print(f"NOT registered: {args.precision} loses more than {args.max_ua_loss * 100:.1f} pt of unweighted accuracy (use --force to register anyway)")
         return 1
+    written = install_variants(written)
     spec = bundle.read_spec(args.model_dir)
     bundle.register_graphs(spec, {g: path.name for g, path in written.items()}, args.precision)
     spec.setdefault("quantization", {})[args.precision] = report

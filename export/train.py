@@ -435,30 +435,38 @@ def train(args: argparse.Namespace) -> Path:
     model.load_state_dict(best_state)
     model.eval()
     temps = calibrate(model, encoder, val_pool, text_val, cfg.seed)
-    out = Path(args.out)
+    training = {
+        "labelset": labelset.name,
+        "audio_corpus": args.audio_corpus,
+        "text_corpus": args.text_corpus,
+        "audio_train_items": len(train_pool.items),
+        "text_train_items": len(text_train),
+        "config": dataclasses.asdict(cfg),
+        "augment": dataclasses.asdict(aug),
+        "text_block_from": {"model_dir": str(args.text_from), "weights_sha256": donor[2]} if donor else None,
+        "best_val_score": round(best, 4),
+        "selected": selected,
+        "history": history,
+        "command": args.command_line,
+        "train_seconds": round(time.time() - t0),
+    }
+    return write_model_folder(model, Path(args.out), labelset.labels, tok_file, cfg.max_tokens, temps, training)
+
+
+def write_model_folder(
+    model: FusedModel, out: Path, labels: tuple[str, ...], tok_file: Path, max_tokens: int, temps: dict[str, float], training: dict
+) -> Path:
+    """Weights, tokenizer, spec (calibration, ``training`` record, hashes) and the fused
+    ONNX graph checked against PyTorch: a complete model folder."""
     extra = {
         "calibration": {
             "method": "temperature",
             "fit_on": "validation split: audio on held-out speakers, text on the text corpus's dev set",
             "temperature": temps,
         },
-        "training": {
-            "labelset": labelset.name,
-            "audio_corpus": args.audio_corpus,
-            "text_corpus": args.text_corpus,
-            "audio_train_items": len(train_pool.items),
-            "text_train_items": len(text_train),
-            "config": dataclasses.asdict(cfg),
-            "augment": dataclasses.asdict(aug),
-            "text_block_from": {"model_dir": str(args.text_from), "weights_sha256": donor[2]} if donor else None,
-            "best_val_score": round(best, 4),
-            "selected": selected,
-            "history": history,
-            "command": args.command_line,
-            "train_seconds": round(time.time() - t0),
-        },
+        "training": training,
     }
-    spec = bundle.save_model(model, out, labelset.labels, tok_file, cfg.max_tokens, extra)
+    spec = bundle.save_model(model, out, labels, tok_file, max_tokens, extra)
     from export.onnx import GRAPHS, export_all
 
     diffs = export_all(model, out)

@@ -17,10 +17,10 @@ def model(request):
 def test_reverse_padded_reverses_within_length_only():
     import torch
 
-    from export.model import reverse_padded
+    from export.model import reverse_index, reverse_padded
 
     x = torch.arange(10.0).reshape(2, 5, 1)
-    out = reverse_padded(x, torch.tensor([3, 5]))[..., 0]
+    out = reverse_padded(x, reverse_index(torch.tensor([3, 5]), 5))[..., 0]
     assert out.tolist() == [[2, 1, 0, 3, 4], [9, 8, 7, 6, 5]]
 
 
@@ -132,3 +132,28 @@ def test_committed_recipe_configs_are_valid_model_configs():
     for f in files:
         cfg = ModelConfig.from_dict(json.loads(f.read_text()))
         assert cfg != ModelConfig(), f.name  # each one is a real alternative to the defaults
+
+
+@pytest.mark.parametrize("pools", [(4, 2, 2), (2, 2, 2)])
+def test_stage_masks_match_the_integer_length_rules(pools):
+    """The pooled / sliced float masks are exactly the masks of ``n // t`` after each pool
+    and ``(m - 1) // 2 + 1`` after each strided conv, for every accepted clip length."""
+    import torch
+
+    from export.frontend import frame_mask
+    from export.model import AudioBlock, ModelConfig
+    from runtime.frontend import FrontendConfig
+
+    fe = FrontendConfig()
+    block = AudioBlock(fe, ModelConfig(audio_cnn_time_pools=pools))
+    lengths = torch.arange(fe.num_frames(fe.min_samples), 400)
+    masks = block.masks(lengths, 400)
+    n = lengths
+    for t, got in zip(pools, masks.cnn):
+        n = n // t
+        assert torch.equal(got[:, 0, 0].bool(), frame_mask(n, got.shape[-1]))
+    m = lengths
+    for got in masks.down:
+        m = (m - 1) // 2 + 1
+        assert torch.equal(got[:, 0].bool(), frame_mask(m, got.shape[-1]))
+    assert torch.equal(masks.lstm_lengths, m)

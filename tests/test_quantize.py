@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto
 
 from export.op_support import check_model
-from tests.helpers import BUNDLED, has_data, requires_data, requires_torch, softmax, speechlike
+from tests.helpers import BUNDLED, DATA_ROOT, has_data, requires_data, requires_torch, softmax, speechlike
 
 pytestmark = requires_torch
 
@@ -114,6 +114,32 @@ def test_cli_registers_fp16_variant_loadable_by_the_runtime(model_copy, capsys):
     pred = rec.predict(audio=speechlike(1.0), sample_rate=16000, text="great news")
     assert abs(sum(pred.scores.values()) - 1) < 1e-6
     assert "registered fp16" in capsys.readouterr().out
+
+
+def test_requantising_replaces_the_registered_variant_in_place(model_copy):
+    """A second run over a folder that already has the variant must not break its
+    verification midway (the new file waits as ``.new`` until it is registered)."""
+    from export.quantize import main
+    from runtime.spec import load_spec
+
+    for _ in range(2):
+        assert main(["--precision", "fp16", "--model-dir", str(model_copy), "--no-eval"]) == 0
+        load_spec(model_copy)  # every hash verified
+    assert not list(model_copy.glob("*.new"))
+
+
+@requires_data
+def test_a_variant_that_fails_the_accuracy_gate_leaves_the_registered_one(model_copy, capsys):
+    from export.quantize import main
+    from runtime.spec import load_spec
+
+    assert main(["--precision", "fp16", "--model-dir", str(model_copy), "--no-eval"]) == 0
+    before = load_spec(model_copy).files["emotech.fp16.onnx"]
+    argv = ["--precision", "fp16", "--model-dir", str(model_copy), "--data-root", str(DATA_ROOT), "--eval-limit", "16", "--max-ua-loss", "-1"]
+    assert main(argv) == 1
+    assert "NOT registered" in capsys.readouterr().out
+    assert load_spec(model_copy).files["emotech.fp16.onnx"] == before  # verified, unchanged
+    assert not list(model_copy.glob("*.new"))
 
 
 def test_int8_needs_real_calibration_data(model_copy, tmp_path):

@@ -120,8 +120,8 @@ def test_unknown_engine_and_missing_precision(tiny_model_dir):
         EmotionRecognizer.load(tiny_model_dir, engine="ort", device="cuda")
 
 
-@pytest.mark.parametrize("spin, entry", [(None, "0"), (False, "0"), (True, "1")])
-def test_ort_thread_spinning_is_off_unless_asked(tiny_model_dir, spin, entry):
+@pytest.mark.parametrize("spin, entry", [(None, "1"), (False, "0"), (True, "1")])
+def test_ort_thread_spinning_is_on_unless_turned_off(tiny_model_dir, spin, entry):
     kwargs = {} if spin is None else {"spin": spin}
     rec = EmotionRecognizer.load(tiny_model_dir, engine="ort", **kwargs)
     opts = rec.engine.session.get_session_options()

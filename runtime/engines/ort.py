@@ -13,12 +13,12 @@ from runtime.spec import ModelSpec
 class OrtEngine(Engine):
     name = "ort"
 
-    def __init__(self, spec: ModelSpec, precision: str = "fp32", device: str = "cpu", threads: int | None = None, spin: bool = False):
+    def __init__(self, spec: ModelSpec, precision: str = "fp32", device: str = "cpu", threads: int | None = None, spin: bool = True):
         """``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
-        ``spin``: let the intra-op threads busy-wait for work after each run (ONNX Runtime's
-        default). Off by default here: a caller that decodes, resamples and tokenises the
-        next batch on the same cores right after a run would otherwise share them with
-        spinning threads (see the README's benchmark notes for the measured effect)."""
+        ``spin``: let the intra-op threads busy-wait for work between and after runs (ONNX
+        Runtime's default, kept: turning it off cost a third more batch-1 latency on the
+        2-core build machine and gained nothing at batch 32, README "Benchmarks"). Turn it
+        off where other processes need those cores while this one is idle."""
         super().__init__(spec, precision, device)
         try:
             import onnxruntime as ort
