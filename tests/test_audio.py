@@ -8,7 +8,7 @@ import pytest
 from runtime.audio import load_audio, pad_batch
 from runtime.errors import AudioDecodeError, AudioError
 from runtime.frontend import FrontendConfig
-from tests.helpers import encode, speechlike
+from tests.helpers import DATA_ROOT, encode, requires_data, speechlike
 
 CFG = FrontendConfig()
 
@@ -113,6 +113,21 @@ def test_trim_silence_matches_direct_frame_energies(lead, tail, seed):
     np.testing.assert_array_equal(got, _trim_reference(clip, CFG))
     margin = CFG.trim_margin_seconds
     assert got.size / 16000 <= 1.0 + 2 * margin + 2 * CFG.n_fft / 16000  # a frame may straddle each edge
+
+
+@requires_data
+def test_trim_silence_matches_direct_frame_energies_on_real_clips():
+    """The block-sum running energy trims every clip of one actor exactly as the direct way."""
+    import dataclasses
+
+    from runtime.audio import trim_silence
+
+    untrimmed = dataclasses.replace(CFG, trim_db=0.0)
+    clips = sorted((DATA_ROOT / "ravdess" / "Actor_21").glob("*.flac"))
+    assert len(clips) == 60
+    for path in clips:
+        y = load_audio(str(path), untrimmed)
+        np.testing.assert_array_equal(trim_silence(y, CFG), _trim_reference(y, CFG), err_msg=path.name)
 
 
 def test_int16_fast_paths_equal_float_decoding():
