@@ -40,6 +40,7 @@ from benchmarks.machine import TegraStats, gpu_memory_mb, loadavg, machine_info,
 from benchmarks.timing import FULL, QUICK, Budget, measure_quiet, no_sync
 from benchmarks.workload import Workload, make_requests
 from runtime.audio import decode, resample, to_mono_float
+from runtime.engines.ort import SPIN_MODES
 from runtime.errors import EmotionError
 from runtime.postprocess import postprocess
 from runtime.recognizer import EmotionRecognizer
@@ -75,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "torch's setting is process-wide, so it applies to the baseline too)",
     )
     p.add_argument(
-        "--ort-no-spin", dest="ort_spin", action="store_false",
-        help="turn off ONNX Runtime's intra-op thread spinning (on by default, as in the runtime)",
+        "--ort-spin", choices=("during", "always", "never"), default="during",
+        help="how ONNX Runtime's intra-op threads wait for work (runtime.engines.ort.OrtEngine's spin; default: during)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/<machine>)")
     p.add_argument("--quick", action="store_true", help="a few iterations per row: checks the harness, not the numbers")
@@ -142,7 +143,7 @@ def export_frontend(cfg, path: Path) -> Path:
 
 
 def frontend_runner(
-    engine: str, rec: EmotionRecognizer, device: str, threads: int | None, tmp: Path, spin: bool = True
+    engine: str, rec: EmotionRecognizer, device: str, threads: int | None, tmp: Path, spin: str = "during"
 ) -> tuple[Callable, Callable] | str:
     """``(run(audio, lengths), sync)`` for the MFCC graph alone on the engine's backend,
     or the reason it cannot be measured here. The graph is exported from
@@ -173,7 +174,8 @@ def frontend_runner(
     opts.inter_op_num_threads = 1
     if threads:
         opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")  # as the engine's session
+    for key, value in SPIN_MODES[spin].items():  # as the engine's session
+        opts.add_session_config_entry(key, value)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     return (lambda audio, lengths: sess.run(None, {"audio": audio, "audio_lengths": lengths})), no_sync
@@ -315,8 +317,8 @@ def load_engine(
     """One engine, or None (recorded in ``skipped``) when it cannot run here."""
     what = f"engine {engine} {precision} on {engine_device(engine, args.device)}"
     kwargs = {"threads": args.threads} if engine in ("ort", "torch") and args.threads else {}
-    if engine == "ort" and not args.ort_spin:
-        kwargs["spin"] = False
+    if engine == "ort":
+        kwargs["spin"] = args.ort_spin
     try:
         return EmotionRecognizer.load(
             args.model_dir, engine=engine, precision=precision, device=args.device, max_batch=max(batches), **kwargs

@@ -120,14 +120,27 @@ def test_unknown_engine_and_missing_precision(tiny_model_dir):
         EmotionRecognizer.load(tiny_model_dir, engine="ort", device="cuda")
 
 
-@pytest.mark.parametrize("spin, entry", [(None, "1"), (False, "0"), (True, "1")])
-def test_ort_thread_spinning_is_on_unless_turned_off(tiny_model_dir, spin, entry):
+@pytest.mark.parametrize("spin, entries", [(None, ("1", "1")), ("during", ("1", "1")), ("always", ("1", "")), ("never", ("0", ""))])
+def test_ort_thread_spinning_modes(tiny_model_dir, spin, entries):
     kwargs = {} if spin is None else {"spin": spin}
     rec = EmotionRecognizer.load(tiny_model_dir, engine="ort", **kwargs)
     opts = rec.engine.session.get_session_options()
-    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+    def entry(key: str) -> str:
+        try:
+            return opts.get_session_config_entry(key)
+        except RuntimeError:  # not set
+            return ""
+
+    assert (entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")) == entries
+    assert rec.engine.describe()["thread_spinning"] == (spin or "during")
     pred = rec.predict(audio=speechlike(0.6), sample_rate=16000)
     assert np.isclose(sum(pred.scores.values()), 1.0)
+
+
+def test_ort_unknown_spin_mode_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="spin must be one of during, always, never"):
+        EmotionRecognizer.load(tiny_model_dir, engine="ort", spin="sometimes")
 
 
 def test_import_runtime_does_not_import_torch():

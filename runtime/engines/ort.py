@@ -10,15 +10,27 @@ from runtime.errors import EngineUnavailableError
 from runtime.spec import ModelSpec
 
 
+# ONNX Runtime session config entries for each ``spin`` mode of OrtEngine.
+SPIN_MODES = {
+    "during": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+    "always": {"session.intra_op.allow_spinning": "1"},
+    "never": {"session.intra_op.allow_spinning": "0"},
+}
+
+
 class OrtEngine(Engine):
     name = "ort"
 
-    def __init__(self, spec: ModelSpec, precision: str = "fp32", device: str = "cpu", threads: int | None = None, spin: bool = True):
+    def __init__(self, spec: ModelSpec, precision: str = "fp32", device: str = "cpu", threads: int | None = None, spin: str = "during"):
         """``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
-        ``spin``: let the intra-op threads busy-wait for work between and after runs (ONNX
-        Runtime's default, kept: turning it off cost a third more batch-1 latency on the
-        2-core build machine and gained nothing at batch 32, README "Benchmarks"). Turn it
-        off where other processes need those cores while this one is idle."""
+        ``spin``: how the intra-op threads wait for work. "during" (default): busy-wait
+        inside a run, sleep as soon as it ends; "always": also keep spinning after a run
+        (ONNX Runtime's own default); "never": always sleep. On the 2-core build machine
+        "never" cost 1.1 ms at batch 1 and "always" slowed batch 32 by 7 % (its spinning
+        threads compete with the next batch's decoding) and keeps cores busy between
+        requests; "during" was within 2 % of the best at every batch (README "Benchmarks")."""
+        if spin not in SPIN_MODES:
+            raise ValueError(f"spin must be one of {', '.join(SPIN_MODES)}, got {spin!r}")
         super().__init__(spec, precision, device)
         try:
             import onnxruntime as ort
@@ -30,7 +42,8 @@ class OrtEngine(Engine):
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        for key, value in SPIN_MODES[spin].items():
+            opts.add_session_config_entry(key, value)
         available = ort.get_available_providers()
         if device == "cpu":
             providers = ["CPUExecutionProvider"]
@@ -55,7 +68,7 @@ class OrtEngine(Engine):
             **super().describe(),
             "onnxruntime": self._version,
             "providers": ",".join(self.session.get_providers()),
-            "thread_spinning": "on" if self._spin else "off",
+            "thread_spinning": self._spin,
         }
 
     def close(self) -> None:
