@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "torch's setting is process-wide, so it applies to the baseline too)",
     )
     p.add_argument(
-        "--ort-spin", choices=("during", "always", "never"), default="during",
+        "--ort-spin", choices=tuple(SPIN_MODES), default="during",
         help="how ONNX Runtime's intra-op threads wait for work (runtime.engines.ort.OrtEngine's spin; default: during)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/<machine>)")

@@ -7,6 +7,9 @@ pooling is masked, and the backward LSTM direction runs on each item reversed wi
 own length (not over the padded tail). Either modality may be absent: its embedding is
 then replaced by a learned "missing" vector, selected by the ``has_audio`` / ``has_text``
 flags, so one graph serves audio-only, text-only and paired requests.
+
+``EmoTechEnsemble`` averages the logits of several such networks that share the
+front-end and the text block (the shipped model: three members).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ class ModelConfig:
 
 # Masks are float 0/1 tensors built once per forward and derived stage by stage with one
 # op each (a pool, a strided slice), not rebuilt from integer lengths at every stage: at
-# batch 1 the graph's run time is mostly per-op overhead, and each rebuild costs about ten
+# batch 1 much of the graph's run time is per-op overhead, and each rebuild costs about ten
 # small ops (Shape, Range, floor division, compare, cast) per stage and member. Where
 # ``x * valid`` replaces ``where(mask, x, 0)`` the values are identical (x is finite).
 

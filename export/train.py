@@ -1,6 +1,8 @@
 """Train EmoTech, calibrate it, and write a complete model folder (weights, spec, ONNX).
 
-    python -m export.train --out weights/emotech            # RAVDESS + GoEmotions (shipped)
+    python -m export.train --seed 0 --out runs/m0           # RAVDESS + GoEmotions: one member
+    python -m export.train --seed 1 --text-from runs/m0 --out runs/m1   # a further member
+    (the shipped folder: three members combined by ``python -m export.ensemble``)
     python -m export.train --audio-corpus iemocap --audio-root /data/IEMOCAP_full_release \\
         --labelset iemocap4 --text-corpus none --out my_model
     python -m export.train --audio-corpus manifest --train-manifest train.csv \\
@@ -38,6 +40,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -123,8 +126,7 @@ def load_corpora(args: argparse.Namespace, labelset: data.LabelSet) -> Corpora:
     root = Path(args.data_root)
     if args.audio_corpus == "ravdess":
         aroot = Path(args.audio_root or root / "ravdess")
-        scheme = getattr(args, "ravdess_split", "standard")
-        audio = {s: data.ravdess_split(aroot, labelset, s, scheme) for s in ("train", "val", "test")}
+        audio = {s: data.ravdess_split(aroot, labelset, s, args.ravdess_split) for s in ("train", "val", "test")}
     elif args.audio_corpus == "iemocap":
         sessions = set(range(1, 6))
         val, test = {args.iemocap_val_session}, {args.iemocap_test_session}
@@ -324,14 +326,14 @@ def train(args: argparse.Namespace) -> Path:
     overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
     model_cfg = ModelConfig.from_dict({**overrides, "num_classes": len(labelset.labels)})
     donor = load_text_donor(Path(args.text_from), model_cfg, labelset.labels) if args.text_from else None
-    tok_file = donor[1] if donor else Path(args.tokenizer) if args.tokenizer else minilm_files()[0]
+    tok_file = donor.tokenizer if donor else Path(args.tokenizer) if args.tokenizer else minilm_files()[0]
     encoder = TextEncoder(tok_file, max_tokens=cfg.max_tokens)
 
     model = EmoTech(frontend, model_cfg)
     if donor:
         # A later ensemble member: the first member's text block, frozen, so that all members
         # share one (EmoTechEnsemble.from_members); audio block and fusion head train anew.
-        model.text.load_state_dict(donor[0])
+        model.text.load_state_dict(donor.text_state)
         model.text.requires_grad_(False)
     elif args.pretrained_embeddings:
         with torch.no_grad():
@@ -443,7 +445,7 @@ def train(args: argparse.Namespace) -> Path:
         "text_train_items": len(text_train),
         "config": dataclasses.asdict(cfg),
         "augment": dataclasses.asdict(aug),
-        "text_block_from": {"model_dir": str(args.text_from), "weights_sha256": donor[2]} if donor else None,
+        "text_block_from": {"model_dir": str(args.text_from), "weights_sha256": donor.weights_sha256} if donor else None,
         "best_val_score": round(best, 4),
         "selected": selected,
         "history": history,
@@ -476,9 +478,17 @@ def write_model_folder(
     return out
 
 
-def load_text_donor(model_dir: Path, model_cfg: ModelConfig, labels: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Path, str]:
-    """The text block state, tokenizer file and weights hash of a trained EmoTech folder
-    (``--text-from``), checked to fit ``model_cfg`` and ``labels``."""
+class TextDonor(NamedTuple):
+    """What a further ensemble member takes from the first one (``--text-from``)."""
+
+    text_state: dict[str, torch.Tensor]  # the text block's weights
+    tokenizer: Path  # its tokenizer.json
+    weights_sha256: str  # of its model.safetensors, recorded in the new member's spec
+
+
+def load_text_donor(model_dir: Path, model_cfg: ModelConfig, labels: tuple[str, ...]) -> TextDonor:
+    """The text block, tokenizer and weights hash of a trained EmoTech folder, checked to
+    fit ``model_cfg`` and ``labels``."""
     donor, spec = bundle.load_torch_model(model_dir)
     if not isinstance(donor, EmoTech):
         raise SystemExit(f"--text-from {model_dir}: needs a single EmoTech model folder, found {donor.architecture}")
@@ -488,7 +498,7 @@ def load_text_donor(model_dir: Path, model_cfg: ModelConfig, labels: tuple[str, 
     expected = TextBlock(model_cfg).state_dict()
     if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in expected.items()}:
         raise SystemExit(f"--text-from {model_dir}: its text block does not fit this model config (embed, LSTM, conv, fusion sizes)")
-    return state, model_dir / spec["text"]["tokenizer"], spec["files"][spec["weights"]]
+    return TextDonor(state, model_dir / spec["text"]["tokenizer"], spec["files"][spec["weights"]])
 
 
 class WeightAverage:

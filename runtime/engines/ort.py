@@ -26,7 +26,7 @@ class OrtEngine(Engine):
         ``spin``: how the intra-op threads wait for work. "during" (default): busy-wait
         inside a run, sleep as soon as it ends; "always": also keep spinning after a run
         (ONNX Runtime's own default); "never": always sleep. On the 2-core build machine
-        "never" cost 1.1 ms at batch 1 and "always" slowed batch 32 by 7 % (its spinning
+        "never" cost 0.8 ms at batch 1 and "always" slowed batch 32 by 7 % (its spinning
         threads compete with the next batch's decoding) and keeps cores busy between
         requests; "during" was within 2 % of the best at every batch (README "Benchmarks")."""
         if spin not in SPIN_MODES:
