@@ -95,3 +95,22 @@ def softmax(z):
 
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def assert_padding_never_changes_a_result(model, batch: int, seconds: float, tokens: int, seed: int) -> None:
+    """Each item of a padded batch (distinct audio and token lengths) scores exactly as alone."""
+    import torch
+
+    from export.onnx import example_inputs
+
+    feed = example_inputs(model, batch=batch, seconds=seconds, tokens=tokens, seed=seed)
+    with torch.no_grad():
+        together = model(**feed)
+        for i in range(batch):
+            n, k = feed["audio_lengths"][i], feed["token_lengths"][i]
+            alone = model(
+                feed["audio"][i : i + 1, :n], feed["audio_lengths"][i : i + 1],
+                feed["tokens"][i : i + 1, :k], feed["token_lengths"][i : i + 1],
+                feed["has_audio"][i : i + 1], feed["has_text"][i : i + 1],
+            )  # fmt: skip
+            torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=1e-5)

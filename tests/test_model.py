@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import TINY_VARIANT, build_tiny_model, requires_torch
+from tests.helpers import TINY_VARIANT, assert_padding_never_changes_a_result, build_tiny_model, requires_torch
 
 pytestmark = requires_torch
 
@@ -25,21 +25,7 @@ def test_reverse_padded_reverses_within_length_only():
 
 
 def test_padding_never_changes_a_result(model):
-    import torch
-
-    from export.onnx import example_inputs
-
-    feed = example_inputs(model, batch=4, seconds=2.5, tokens=19, seed=3)
-    with torch.no_grad():
-        batch = model(**feed)
-        for i in range(4):
-            n, k = feed["audio_lengths"][i], feed["token_lengths"][i]
-            alone = model(
-                feed["audio"][i : i + 1, :n], feed["audio_lengths"][i : i + 1],
-                feed["tokens"][i : i + 1, :k], feed["token_lengths"][i : i + 1],
-                feed["has_audio"][i : i + 1], feed["has_text"][i : i + 1],
-            )
-            torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=1e-5)
+    assert_padding_never_changes_a_result(model, batch=4, seconds=2.5, tokens=19, seed=3)
 
 
 def test_backward_lstm_does_not_read_padding(model):
