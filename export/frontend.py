@@ -37,10 +37,16 @@ class MFCC(nn.Module):
         window, stage1, stage2, _ = factored_dft(cfg)
         self.n1, self.n2 = window.shape
         self.groups = stage2.shape[0]
-        for name, value in (("window", window), ("stage1", stage1), ("stage2", stage2), ("mel", stacked_mel(cfg))):
+        buffers = {
+            "window": window[:, None, :],  # (n1, 1, n2): row r, any frame, column c
+            "stage1_t": stage1.T.copy(),  # (n1, n1), applied from the left
+            "stage2": stage2,
+            "mel": stacked_mel(cfg),
+            "dct": dct_matrix(cfg).T.copy(),
+        }
+        for name, value in buffers.items():
             self.register_buffer(name, torch.from_numpy(value), persistent=False)
         self.register_buffer("group_sum", torch.ones(1, self.groups), persistent=False)
-        self.register_buffer("dct", torch.from_numpy(dct_matrix(cfg).T.copy()), persistent=False)
 
     def mel_power(self, audio: torch.Tensor) -> torch.Tensor:
         """Mel power spectrogram ``(B, T, n_mels)`` of centre-padded frames of ``audio``.
@@ -48,6 +54,13 @@ class MFCC(nn.Module):
         Same function as a dense windowed real DFT, power, and mel matmul, in about a
         sixth of the multiply-adds (``runtime.frontend.factored_dft``); time it against
         librosa with ``pytest benchmarks --benchmark-only``.
+
+        Layout, chosen for ONNX Runtime on CPU where at batch 1 every pass over a
+        ``(T, n_fft)`` tensor costs about as much as a small matmul: frames are gathered
+        row-major as ``(B, r, T, c)`` so that stage 1 is one ``(n1, n1) @ (n1, T * n2)``
+        GEMM per item (not ``T`` tiny ones), and its output needs only a transpose of
+        whole ``n2``-sample rows (not of pairs of floats) to become the per-group stage-2
+        input: 8 % faster at batch 1 and 5 % at batch 32 than frames as ``(B, T, c, r)``.
         """
         cfg, n1, n2, groups = self.cfg, self.n1, self.n2, self.groups
         batch, samples = audio.shape
@@ -59,17 +72,19 @@ class MFCC(nn.Module):
         if torch.onnx.is_in_onnx_export():
             # Gather whole rows (n2 contiguous samples), which ONNX Runtime copies with
             # one memcpy each and TensorRT parses; unfold would export as a loop.
-            index = torch.arange(frames, device=audio.device)[:, None] * hop_rows + torch.arange(n1, device=audio.device)[None, :]
-            x = (x[:, index] * self.window).transpose(2, 3)
-        else:  # the same frames as a strided view: 1.5x faster in eager PyTorch
-            x = x.unfold(1, n1, hop_rows) * self.window.T
-        a = torch.matmul(x, self.stage1)  # (B, T, n2, n1): stage 1 down each column
-        a = a.reshape(batch * frames, n2, groups, 2).permute(2, 0, 1, 3).reshape(groups, batch * frames, 2 * n2)
-        y = torch.matmul(a, self.stage2)  # (G, B*T, 2*n2): real and imaginary parts of the bins
-        mel = torch.matmul(y * y, self.mel)  # (G, B*T, n_mels), one group's share each
+            index = torch.arange(n1, device=audio.device)[:, None] + torch.arange(frames, device=audio.device)[None, :] * hop_rows
+            x = x[:, index]  # (B, n1, T, n2)
+        else:  # the same frames as a strided view: faster in eager PyTorch
+            x = x.unfold(1, n1, hop_rows).permute(0, 3, 1, 2)
+        x = (x * self.window).reshape(batch, n1, frames * n2)
+        a = torch.matmul(self.stage1_t, x)  # (B, n1, T * n2): stage 1 down each column
+        # (B, G, j, T, c) -> (B, G, T, j * n2 + c): group q's two reals per frame side by side
+        a = a.reshape(batch, groups, 2, frames, n2).transpose(2, 3).reshape(batch, groups, frames, 2 * n2)
+        y = torch.matmul(a, self.stage2)  # (B, G, T, 2 * n2): real and imaginary parts of the bins
+        mel = torch.matmul(y * y, self.mel)  # (B, G, T, n_mels), one group's share each
         # Summing the groups as a (1, G) matmul runs several times faster in ONNX Runtime
-        # than ReduceSum over the leading axis.
-        mel = torch.matmul(self.group_sum, mel.reshape(groups, -1))
+        # than ReduceSum over the group axis.
+        mel = torch.matmul(self.group_sum, mel.reshape(batch, groups, frames * cfg.n_mels))
         return mel.reshape(batch, frames, cfg.n_mels)
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

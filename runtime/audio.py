@@ -160,6 +160,28 @@ def trim_silence(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     return audio[start:end]
 
 
+def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | None = None) -> tuple[np.ndarray, int, str]:
+    """The first half of ``load_audio``: any accepted input -> ``(samples, rate, label)``,
+    decoded but not yet downmixed or resampled (``label`` names the input in errors)."""
+    if isinstance(data, np.ndarray):
+        if sample_rate is None:
+            raise AudioError("sample_rate is required when audio is passed as an array")
+        return data, int(sample_rate), name or "audio array"
+    if isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
+        label = name or (str(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
+        samples, rate = decode(data, label)
+        return samples, rate, label
+    raise AudioError(f"audio of type {type(data).__name__} is not supported; pass a numpy array, a file path or encoded bytes")
+
+
+def condition_audio(samples: np.ndarray, rate: int, cfg: FrontendConfig, label: str = "audio") -> np.ndarray:
+    """The second half of ``load_audio``: downmix, resample, validate, trim silence."""
+    mono = to_mono_float(samples)
+    if mono.size and np.isfinite(_finite_peak(mono)):
+        mono = resample(mono, rate, cfg.sample_rate)
+    return trim_silence(validate(mono, cfg, label), cfg)
+
+
 def load_audio(data: AudioInput, cfg: FrontendConfig, sample_rate: int | None = None, name: str | None = None) -> np.ndarray:
     """Any accepted audio input -> validated float32 mono at ``cfg.sample_rate``.
 
@@ -170,22 +192,8 @@ def load_audio(data: AudioInput, cfg: FrontendConfig, sample_rate: int | None = 
             bytes, which carry their own).
         name: how to refer to this input in error messages.
     """
-    if isinstance(data, np.ndarray):
-        if sample_rate is None:
-            raise AudioError("sample_rate is required when audio is passed as an array")
-        label = name or "audio array"
-        mono, rate = to_mono_float(data), int(sample_rate)
-    elif isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
-        label = name or (str(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
-        samples, rate = decode(data, label)
-        mono = to_mono_float(samples)
-    else:
-        raise AudioError(
-            f"audio of type {type(data).__name__} is not supported; pass a numpy array, a file path or encoded bytes"
-        )
-    if mono.size and np.isfinite(_finite_peak(mono)):
-        mono = resample(mono, rate, cfg.sample_rate)
-    return trim_silence(validate(mono, cfg, label), cfg)
+    samples, rate, label = read_audio(data, sample_rate, name)
+    return condition_audio(samples, rate, cfg, label)
 
 
 def pad_batch(clips: list[np.ndarray], min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -139,8 +139,10 @@ def factored_dft(cfg: FrontendConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
     Returns:
         window: ``(n1, n2)`` periodic Hann window, frame laid out in rows.
         stage1: ``(n1, n1)``: columns ``2q, 2q + 1`` are group ``q``'s two reals.
-        stage2: ``(G, 2 * n2, 2 * n2)``: input index ``2 * c + j`` (column ``c``, real
-            ``j`` of the group), output index: one real or imaginary part of a bin.
+        stage2: ``(G, 2 * n2, 2 * n2)``: input index ``j * n2 + c`` (real ``j`` of the
+            group, column ``c``: each of the group's two reals as one contiguous row of
+            ``n2``, the layout the stage-1 matmul writes), output index: one real or
+            imaginary part of a bin.
         bins: ``(G, 2 * n2)`` int64, the DFT bin each stage-2 output belongs to, so that
             ``|X[k]|^2`` is the sum of the squared outputs with ``bins == k``.
     """
@@ -178,7 +180,8 @@ def factored_dft(cfg: FrontendConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
         if j != 2 * n2:  # pragma: no cover - guaranteed by the algebra above
             raise AssertionError(f"DFT group {q} has {j} outputs, expected {2 * n2}")
     window = hann_window(n).reshape(n1, n2)
-    return window.astype(np.float32), stage1.astype(np.float32), stage2.reshape(groups, 2 * n2, 2 * n2).astype(np.float32), bins
+    stage2 = stage2.transpose(0, 2, 1, 3).reshape(groups, 2 * n2, 2 * n2)  # input index (c, j) -> (j, c)
+    return window.astype(np.float32), stage1.astype(np.float32), stage2.astype(np.float32), bins
 
 
 def stacked_mel(cfg: FrontendConfig) -> np.ndarray:

@@ -23,9 +23,9 @@ def factored_power(cfg: FrontendConfig, frames: np.ndarray) -> np.ndarray:
     """Power per bin ``(F, n_freqs)`` of un-windowed ``frames`` via the two stages, float64."""
     window, stage1, stage2, bins = (a.astype(np.float64) if a.dtype != np.int64 else a for a in factored_dft(cfg))
     n1, n2 = window.shape
-    x = frames.reshape(-1, n1, n2) * window
-    a = x.transpose(0, 2, 1) @ stage1  # (F, n2, n1)
-    a = a.reshape(len(frames), n2, n1 // 2, 2).transpose(2, 0, 1, 3).reshape(n1 // 2, len(frames), 2 * n2)
+    x = frames.reshape(-1, n1, n2) * window  # (F, row r, column c)
+    a = stage1.T @ x  # (F, n1, n2): stage-1 real 2q + j of each column
+    a = a.reshape(len(frames), n1 // 2, 2 * n2).transpose(1, 0, 2)  # (G, F, j * n2 + c)
     y = a @ stage2
     power = np.zeros((len(frames), cfg.n_freqs))
     for q in range(n1 // 2):

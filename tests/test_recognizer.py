@@ -51,6 +51,10 @@ def test_parallel_preparation_equals_serial_and_names_first_bad_item(tiny_model_
         bad = clips[:1] + [b"not audio", np.zeros(16000, dtype=np.float32), clips[2]]
         with pytest.raises(AudioError, match="item 1 is not decodable audio"):
             parallel.predict(audio=bad, sample_rate=16000)
+        # clips are decoded first and conditioned after: a conditioning error (item 0 is
+        # silent) still wins over a later item's decoding error, as one by one
+        with pytest.raises(AudioError, match="item 0 is silent"):
+            parallel.predict(audio=[np.zeros(16000, dtype=np.float32), clips[1], b"not audio"], sample_rate=16000)
         assert parallel._pool is not None  # the pool was used, and is shut down by close()
     finally:
         serial.close()
