@@ -24,8 +24,9 @@ from benchmarks.workload import Workload, make_requests
 from runtime import EmotionRecognizer
 from runtime.spec import package_versions
 
-# Node-name prefix -> part of the model, first match wins (names come from export/model.py:
-# a single EmoTech's audio block is /audio/, an ensemble's are /audio_blocks.<k>/).
+# Node-name prefix -> part of the model, first match wins (names come from export/model.py
+# and export/merged.py: a single EmoTech's audio block and an exported ensemble's merged one
+# are /audio/, an unmerged ensemble's blocks /audio_blocks.<k>/).
 AUDIO = r"/audio(?:_blocks\.\d+)?/"
 PARTS = (
     (r"/mfcc/", "MFCC front-end"),
