@@ -94,6 +94,14 @@ def test_ensemble_folder_round_trip_onnx_and_runtime(ensemble_and_members, tmp_p
     rec = EmotionRecognizer.load(tmp_path)
     pred = rec.predict(audio=speechlike(1.1), text="what a day", sample_rate=16000)
     assert np.isclose(sum(pred.scores.values()), 1.0)
+    # the torch engine runs the merged form (export.merged): same scores as the ONNX graph
+    from export.merged import MergedEnsemble
+
+    torch_rec = EmotionRecognizer.load(tmp_path, engine="torch")
+    assert isinstance(torch_rec.engine.model, MergedEnsemble)
+    on_torch = torch_rec.predict(audio=speechlike(1.1), text="what a day", sample_rate=16000)
+    for k in labels:
+        assert abs(on_torch.scores[k] - pred.scores[k]) < 1e-5
 
 
 def test_text_from_then_ensemble_cli(tmp_path, tokenizer_file, tiny_model_config_file):
