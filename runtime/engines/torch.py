@@ -48,8 +48,10 @@ class TorchEngine(Engine):
         from export.merged import inference_form
 
         model, _ = load_torch_model(spec.root)
-        # An ensemble runs merged, as in the ONNX graph (on CPU: 8.2 vs 10.5 ms at batch 1,
-        # 185 vs 174 ms at batch 32; README "Benchmarks").
+        # An ensemble runs merged, as in the ONNX graph. On the 2-core CPU that made batch 1
+        # faster and batch 32 slower (end to end 11.9 -> 10.1 ms and 184 -> 209 ms, the
+        # torch rows of benchmarks/results/intel-xeon-2c/latency.md at commit dce4484 and now); on
+        # a GPU, where fewer kernel launches matter most, it has not been measured.
         self.model = inference_form(model).to(dev).eval()
         self.dev = dev
         self.fp16 = precision == "fp16"
