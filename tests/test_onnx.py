@@ -86,3 +86,11 @@ def test_branch_exports_keep_time_axes_dynamic(tiny_model_dir, tmp_path):
 
     spec = load_spec(folder)  # hashes of the new files verify
     assert spec.graphs["audio"]["fp32"] == "audio_branch.onnx" and spec.graphs["text"]["fp32"] == "text_branch.onnx"
+
+
+def test_model_card_is_current():
+    """MODEL_CARD.md is what export.model_card writes from the folder as it is (file hashes,
+    metrics): re-exporting or re-quantising without regenerating it fails here."""
+    from export.model_card import render
+
+    assert (BUNDLED / "MODEL_CARD.md").read_text() == render(BUNDLED), "run: python -m export.model_card --model-dir weights/emotech"

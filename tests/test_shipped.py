@@ -36,3 +36,4 @@ def test_committed_metrics_reproduce(fresh):
     for mode, r in committed.items():
         for key in ("unweighted_accuracy", "macro_f1", "ece_before", "ece_after"):
             assert fresh[mode][key] == pytest.approx(r[key], abs=2e-3), (mode, key)
+
