@@ -1,5 +1,5 @@
 """Micro-benchmarks (pytest-benchmark): the front-end against ``librosa.feature.mfcc``,
-batched tokenisation, and one engine call.
+batched tokenisation, one engine call, and decoding / preparing a batch of WAV clips.
 
     pytest benchmarks --benchmark-only
 
@@ -99,3 +99,38 @@ def test_engine_call_onnxruntime(benchmark, spec, batch):
     logits = benchmark(rec.engine.infer, feed)
     assert logits.shape == (batch, len(rec.labels)) and np.all(np.isfinite(logits))
     _per(benchmark, batch, "clip")
+
+
+@pytest.fixture(scope="module")
+def wav_clips():
+    """32 distinct 3-s clips as 48 kHz 16-bit WAV bytes, the latency harness's input."""
+    from benchmarks.workload import Workload, make_requests
+
+    return make_requests(Workload(32, CLIP_SECONDS))[0]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_32_clips(benchmark, wav_clips, threads):
+    """Why ``prepare_many`` decodes in the calling thread: libsndfile reads in-memory
+    audio through Python callbacks, so decoding threads contend for the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime.audio import decode
+
+    with ThreadPoolExecutor(threads) as pool:
+        out = benchmark(lambda: list(pool.map(decode, wav_clips)) if threads > 1 else [decode(c) for c in wav_clips])
+    assert len(out) == len(wav_clips)
+    _per(benchmark, len(wav_clips), "clip")
+
+
+@pytest.mark.parametrize("prepare_threads", [1, 2])
+def test_prepare_32_clips(benchmark, spec, wav_clips, prepare_threads):
+    """``EmotionRecognizer.prepare_many``: decode, resample 48 -> 16 kHz, check, trim."""
+    from runtime.recognizer import EmotionRecognizer
+
+    rec = EmotionRecognizer.load(MODEL_DIR, engine="ort", prepare_threads=prepare_threads)
+    args = [(c, None, None, f"item {i}") for i, c in enumerate(wav_clips)]
+    items = benchmark(rec.prepare_many, args)
+    assert len(items) == len(args) and all(it.audio is not None for it in items)
+    _per(benchmark, len(args), "clip")
+    rec.close()
