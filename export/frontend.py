@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,7 +43,7 @@ class MFCC(nn.Module):
             "stage1_t": stage1.T.copy(),  # (n1, n1), applied from the left
             "stage2": stage2,
             "mel": stacked_mel(cfg),
-            "dct": dct_matrix(cfg).T.copy(),
+            "dct_db": (dct_matrix(cfg).T * (10.0 / math.log(10.0))).astype(np.float32),  # DCT of power_to_db
         }
         for name, value in buffers.items():
             self.register_buffer(name, torch.from_numpy(value), persistent=False)
@@ -90,28 +91,29 @@ class MFCC(nn.Module):
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        mel = self.mel_power(audio)  # (B, T, n_mels)
-        db = torch.log(torch.clamp(mel, min=cfg.amin)) * (10.0 / math.log(10.0))
+        # Natural log: power_to_db's factor 10 / ln 10 is folded into the DCT matrix and the
+        # top_db threshold (one pass less over the (T, n_mels) map).
+        ln = torch.log(torch.clamp(self.mel_power(audio), min=cfg.amin))  # (B, T, n_mels)
         # lengths are >= 0, so truncating division is floor division (and one ONNX Div).
         frame_lengths = torch.div(lengths, cfg.hop_length, rounding_mode="trunc") + 1
-        mask = frame_mask(frame_lengths, db.shape[1])[:, :, None]  # (B, T, 1)
-        floor_db = 10.0 * math.log10(cfg.amin)
-        peak = torch.where(mask, db, floor_db).amax(dim=(1, 2), keepdim=True)
-        db = torch.maximum(db, peak - cfg.top_db)
-        mfcc = torch.matmul(db, self.dct)  # (B, T, n_mfcc)
-        mfcc = torch.where(mask, mfcc, 0.0)
+        mask = frame_mask(frame_lengths, ln.shape[1])[:, :, None]  # (B, T, 1)
+        peak = torch.where(mask, ln, math.log(cfg.amin)).amax(dim=(1, 2), keepdim=True)
+        ln = torch.maximum(ln, peak - cfg.top_db * (math.log(10.0) / 10.0))
+        mfcc = torch.matmul(ln, self.dct_db)  # (B, T, n_mfcc)
         if cfg.cmvn:
-            mfcc = masked_cmvn(mfcc, mask, frame_lengths)
-        return mfcc, frame_lengths
+            return masked_cmvn(mfcc, mask.to(mfcc.dtype), frame_lengths), frame_lengths
+        return torch.where(mask, mfcc, 0.0), frame_lengths
 
 
-def masked_cmvn(x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-item mean/variance normalisation over valid frames; invalid frames stay 0."""
+def masked_cmvn(x: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-item mean/variance normalisation over valid frames; invalid frames become 0.
+    ``valid`` is ``(B, T, 1)``, 1.0 on valid frames (multiplications and one rsqrt: in
+    ONNX Runtime at batch 1 about 5 % of the front-end faster than Where and Div)."""
     count = lengths.to(x.dtype)[:, None, None]
-    mean = x.sum(dim=1, keepdim=True) / count  # invalid frames are already 0
-    centred = torch.where(mask, x - mean, 0.0)
+    mean = (x * valid).sum(dim=1, keepdim=True) / count
+    centred = (x - mean) * valid
     var = (centred * centred).sum(dim=1, keepdim=True) / count
-    return centred / torch.sqrt(var + 1e-5)
+    return centred * torch.rsqrt(var + 1e-5)
 
 
 def mfcc_raw(cfg: FrontendConfig) -> MFCC:
