@@ -26,9 +26,10 @@ class OrtEngine(Engine):
         ``spin``: how the intra-op threads wait for work. "during" (default): busy-wait
         inside a run, sleep as soon as it ends; "always": also keep spinning after a run
         (ONNX Runtime's own default); "never": always sleep. On the 2-core build machine
-        "never" cost 0.8 ms at batch 1 and "always" slowed batch 32 by 7 % (its spinning
+        (benchmarks/results/intel-xeon-2c/latency.md and ort-spin-*/): "never" cost 1.6 ms
+        at batch 1; "always" saved 0.2 ms there but slowed batch 32 by 6 % (its spinning
         threads compete with the next batch's decoding) and keeps cores busy between
-        requests; "during" was within 2 % of the best at every batch (README "Benchmarks")."""
+        requests; "during" is the fastest at batch 8 and 32 (README "Benchmarks")."""
         if spin not in SPIN_MODES:
             raise ValueError(f"spin must be one of {', '.join(SPIN_MODES)}, got {spin!r}")
         super().__init__(spec, precision, device)
