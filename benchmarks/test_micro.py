@@ -109,18 +109,58 @@ def wav_clips():
     return make_requests(Workload(32, CLIP_SECONDS))[0]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_decode_32_clips(benchmark, wav_clips, threads):
-    """Why ``prepare_many`` decodes in the calling thread: libsndfile reads in-memory
-    audio through Python callbacks, so decoding threads contend for the GIL."""
+def _threaded(fn, items: list, threads: int):
+    """``fn`` over ``items``, in this thread or on a pool of ``threads``."""
     from concurrent.futures import ThreadPoolExecutor
+
+    if threads == 1:
+        return lambda: [fn(x) for x in items]
+    pool = ThreadPoolExecutor(threads)
+    return lambda: list(pool.map(fn, items))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+def test_decode_32_clips(benchmark, wav_clips, fmt, threads):
+    """Decoding in one thread and in two. 16-bit WAV bytes are parsed in numpy
+    (``parse_pcm16_wav``); FLAC goes through libsndfile, which reads in-memory audio
+    through Python callbacks, so two decoding threads contend for the GIL: why
+    ``prepare_many`` decodes in the calling thread."""
+    import soundfile as sf
 
     from runtime.audio import decode
 
-    with ThreadPoolExecutor(threads) as pool:
-        out = benchmark(lambda: list(pool.map(decode, wav_clips)) if threads > 1 else [decode(c) for c in wav_clips])
-    assert len(out) == len(wav_clips)
-    _per(benchmark, len(wav_clips), "clip")
+    clips = wav_clips if fmt == "WAV" else [_reencode(c, fmt) for c in wav_clips]
+    out = benchmark(_threaded(decode, clips, threads))
+    assert len(out) == len(clips) and all(s.dtype == np.int16 for s, _ in out)
+    assert sf.info(__import__("io").BytesIO(clips[0])).format == fmt
+    _per(benchmark, len(clips), "clip")
+
+
+def _reencode(wav: bytes, fmt: str) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(wav), dtype="int16")
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format=fmt, subtype="PCM_16")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_check_32_clips(benchmark, spec, wav_clips, threads):
+    """Validating and trimming resampled clips in one thread and in two: many short numpy
+    calls, which two threads slow down (GIL hand-overs): why ``prepare_many`` runs only the
+    resampling on its pool."""
+    from runtime.audio import check_clip, load_audio
+
+    cfg = spec.frontend
+    untrimmed = __import__("dataclasses").replace(cfg, trim_db=0.0)
+    clips = [load_audio(c, untrimmed) for c in wav_clips]
+    out = benchmark(_threaded(lambda y: check_clip(y, cfg), clips, threads))
+    assert len(out) == len(clips)
+    _per(benchmark, len(clips), "clip")
 
 
 @pytest.mark.parametrize("prepare_threads", [1, 2])

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.audio import AudioInput, condition_audio, read_audio, pad_batch
+from runtime.audio import AudioInput, check_clip, needs_resampling, pad_batch, read_audio, resample, to_mono_float
 from runtime.engines import create_engine
 from runtime.engines.base import Engine
 from runtime.errors import EmotionError, TextError
@@ -54,12 +54,11 @@ class EmotionRecognizer:
         self.engine = engine
         self.max_batch = max_batch
         self.encoder = TextEncoder(spec.path(spec.tokenizer_file), spec.max_tokens, spec.max_text_chars)
-        # Resampling (libsoxr) and the numpy checks release the GIL, so the clips of a list
-        # are conditioned on several cores (``prepare_many``); 1 = in the calling thread.
+        # Resampling (libsoxr) releases the GIL, so the clips of a list are resampled on
+        # several cores (``prepare_many``); 1 = all in the calling thread.
         self.prepare_threads = max(1, prepare_threads if prepare_threads is not None else usable_cpus())
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._decode_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -96,27 +95,24 @@ class EmotionRecognizer:
 
     def prepare(self, audio: AudioInput | None = None, text: str | None = None, sample_rate: int | None = None, name: str | None = None) -> Item:
         """Decode, resample and validate one item; raises ``EmotionError`` subclasses."""
-        return self._finish(self._read(audio, text, sample_rate, name), text, name)
+        staged = self._to_model_rate(audio, text, sample_rate, name)
+        return self._check(staged, text, name)
 
-    def _read(self, audio: AudioInput | None, text: str | None, sample_rate: int | None, name: str | None) -> tuple | None:
-        """``prepare``'s first step: the decoded audio (``read_audio``), or None."""
+    def _to_model_rate(self, audio: AudioInput | None, text: str | None, sample_rate: int | None, name: str | None) -> tuple | None:
+        """``prepare``'s first step: ``(mono clip at the model's rate, label)``, or None."""
         if audio is None and text is None:
             raise EmotionError(f"{name or 'item'}: give audio, text or both")
         if audio is None:
             return None
-        if isinstance(audio, np.ndarray):
-            return read_audio(audio, sample_rate, name)
-        # One decoder at a time (prepare_many's docstring says why): concurrent requests of
-        # the server, each prepared on a pool thread, then queue here instead of contending.
-        with self._decode_lock:
-            return read_audio(audio, sample_rate, name)
+        samples, rate, label = read_audio(audio, sample_rate, name)
+        mono = to_mono_float(samples)
+        if needs_resampling(samples, mono, rate, self.spec.frontend):
+            mono = resample(mono, rate, self.sample_rate)
+        return mono, label
 
-    def _finish(self, read: tuple | None, text: str | None, name: str | None) -> Item:
-        """``prepare``'s second step: condition the audio, check the text."""
-        clip = None
-        if read is not None:
-            samples, rate, label = read
-            clip = condition_audio(samples, rate, self.spec.frontend, label)
+    def _check(self, staged: tuple | None, text: str | None, name: str | None) -> Item:
+        """``prepare``'s second step: check and trim the clip (``check_clip``), check the text."""
+        clip = None if staged is None else check_clip(staged[0], self.spec.frontend, staged[1])
         if text is not None:
             self.encoder.check(text, f"{name} text" if name else "text")
         return Item(clip, text)
@@ -194,34 +190,29 @@ class EmotionRecognizer:
         """``prepare(*a)`` for each ``(audio, text, sample_rate, name)`` tuple; the first
         failing item (in order) raises, as it would one by one.
 
-        With more than one clip and ``prepare_threads > 1``, the clips are decoded here,
-        one after another, and then resampled and checked on the thread pool. Decoding on
-        the pool was slower than not threading at all: libsndfile reads in-memory audio
-        through Python callbacks, and two threads doing that fight for the GIL (32 WAV
-        clips of 3 s decoded in one thread and in two: ``pytest benchmarks --benchmark-only
-        -k decode_32``, 6.5 vs 13.3 ms on the build machine).
+        With more than one clip and ``prepare_threads > 1``, the clips are decoded and
+        resampled on the thread pool (libsoxr and libsndfile's decoders work without the
+        GIL), and then checked and trimmed here, in order: those are many short numpy
+        calls, which two threads only slow down with GIL hand-overs (32 clips: 1.7 ms in one
+        thread, 6.7 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
         """
         clips = sum(1 for a in args if a[0] is not None)
         if self.prepare_threads == 1 or clips < 2:
             return [self.prepare(*a) for a in args]
-        reads: list[tuple[tuple | None, Exception | None]] = []
-        for audio, text, sample_rate, name in args:
-            try:
-                reads.append((self._read(audio, text, sample_rate, name), None))
-            except Exception as e:  # raised by finish() below, in item order
-                reads.append((None, e))
-
-        def finish(i: int) -> Item:
-            read, error = reads[i]
-            if error is not None:
-                raise error
-            return self._finish(read, args[i][1], args[i][3])
-
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix="emotech-prepare")
             pool = self._pool
-        return list(pool.map(finish, range(len(args))))
+        jobs = [pool.submit(self._to_model_rate, *a) for a in args]
+        items = []
+        try:
+            for (_, text, _, name), job in zip(args, jobs):
+                staged = job.result()
+                items.append(self._check(staged, text, name))
+        finally:
+            for job in jobs[len(items) :]:
+                job.cancel()
+        return items
 
     def describe(self) -> dict:
         """Labels, engine, precision, versions and hashes (the server's ``/v1/model``)."""

@@ -154,3 +154,74 @@ def test_non_seekable_wav_codec_decodes():
     y = speechlike(0.8, sr=8000)
     out = load_audio(encode(y, 8000, "WAV", "GSM610"), CFG)
     assert out.dtype == np.float32 and abs(out.size - 12800) <= 400
+
+
+def _libsndfile(data: bytes) -> tuple[np.ndarray, int]:
+    import io
+
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
+    return samples, rate
+
+
+def _riff(*chunks: tuple[bytes, bytes]) -> bytes:
+    """A RIFF/WAVE file of the given (id, body) chunks, odd bodies padded."""
+    body = b"".join(cid + len(b).to_bytes(4, "little") + b + b"\0" * (len(b) & 1) for cid, b in chunks)
+    return b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WAVE" + body
+
+
+def _fmt(channels: int, rate: int, bits: int = 16, tag: int = 1) -> bytes:
+    import struct
+
+    align = channels * bits // 8
+    return struct.pack("<HHIIHH", tag, channels, rate, rate * align, align, bits)
+
+
+@pytest.mark.parametrize("channels,rate,fmt", [(1, 48000, "WAV"), (2, 44100, "WAV"), (6, 16000, "WAVEX"), (1, 8000, "WAVEX")])
+def test_pcm16_wav_parse_equals_libsndfile(channels, rate, fmt):
+    from runtime.audio import decode, parse_pcm16_wav
+
+    rng = np.random.default_rng(channels)
+    audio = rng.uniform(-1, 1, (rate // 3, channels)).astype(np.float32)
+    wav = encode(audio, rate, fmt, "PCM_16")
+    for data in (wav, bytearray(wav), memoryview(wav)):
+        parsed = parse_pcm16_wav(data)
+        assert parsed is not None
+        samples, got_rate = parsed
+        ref, ref_rate = _libsndfile(wav)
+        assert got_rate == ref_rate == rate and samples.dtype == np.int16 and not samples.flags.writeable
+        np.testing.assert_array_equal(samples, ref)
+        np.testing.assert_array_equal(decode(data)[0], ref)
+    assert int.from_bytes(wav[20:22], "little") == (0xFFFE if fmt == "WAVEX" else 1)
+
+
+def test_pcm16_wav_parse_walks_chunks_and_leaves_the_rest_to_libsndfile():
+    from runtime.audio import decode, load_audio, parse_pcm16_wav
+
+    pcm = (np.arange(-3000, 3000, 3, dtype=np.int16) * 5).reshape(-1, 2)
+    data = pcm.tobytes()
+    # Chunks before and after the audio, one of odd size (padded), are skipped.
+    wav = _riff((b"fmt ", _fmt(2, 22050)), (b"junk", b"abc"), (b"data", data), (b"LIST", b"INFOISFT\x04\0\0\0test"))
+    samples, rate = parse_pcm16_wav(wav)
+    ref, ref_rate = _libsndfile(wav)
+    assert rate == ref_rate == 22050
+    np.testing.assert_array_equal(samples, pcm)
+    np.testing.assert_array_equal(ref, pcm)
+    # Everything parse_pcm16_wav does not take goes to libsndfile, and decodes as before.
+    others = {
+        "8-bit": _riff((b"fmt ", _fmt(1, 8000, bits=8)), (b"data", bytes(range(256)) * 40)),
+        "32-bit": _riff((b"fmt ", _fmt(1, 8000, bits=32)), (b"data", np.arange(4000, dtype=np.int32).tobytes())),
+        "float": encode(pcm / 32768.0, 16000, "WAV", "FLOAT"),
+        "truncated data": wav[: wav.index(b"data") + 8 + 100],
+        "data before fmt": _riff((b"data", data), (b"fmt ", _fmt(2, 22050))),
+        "flac": encode(pcm / 32768.0, 16000, "FLAC"),
+    }
+    for what, blob in others.items():
+        assert parse_pcm16_wav(blob) is None, what
+    assert decode(others["truncated data"])[0].shape[1] == 2  # libsndfile reads what is there
+    assert decode(others["float"])[0].dtype == np.float32
+    with pytest.raises(AudioDecodeError, match="not decodable"):
+        load_audio(others["data before fmt"], CFG)
+    with pytest.raises(AudioDecodeError, match="not decodable"):
+        load_audio(b"RIFF\x04\0\0\0WAVE", CFG)

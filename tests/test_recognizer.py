@@ -55,6 +55,18 @@ def test_parallel_preparation_equals_serial_and_names_first_bad_item(tiny_model_
         # silent) still wins over a later item's decoding error, as one by one
         with pytest.raises(AudioError, match="item 0 is silent"):
             parallel.predict(audio=[np.zeros(16000, dtype=np.float32), clips[1], b"not audio"], sample_rate=16000)
+        # non-finite audio at another rate is reported, not resampled; a text error of an
+        # earlier item wins over a later item's audio error
+        nan = np.full(48000, np.nan, dtype=np.float32)
+        with pytest.raises(AudioError, match="item 1 has 48000 NaN"):
+            parallel.predict(audio=[speechlike(1.0, sr=48000), nan], sample_rate=48000)
+        with pytest.raises(TextError, match="item 0 text"):
+            parallel.predict(audio=[clips[0], b"not audio"], text=["x" * 100_000, None])
+        # mixed inputs (stereo 44.1 kHz WAV, 16 kHz float, 48 kHz FLAC, text only) as one by one
+        mixed = [clips[3], speechlike(0.7, seed=9), encode(speechlike(1.1, sr=48000, seed=5), 48000, "FLAC"), None]
+        texts = [None, "so happy", "no", "only text"]
+        for a, b in zip(serial.predict(audio=mixed, text=texts, sample_rate=16000), parallel.predict(audio=mixed, text=texts, sample_rate=16000)):
+            assert a.scores == b.scores and a.duration_s == b.duration_s
         assert parallel._pool is not None  # the pool was used, and is shut down by close()
     finally:
         serial.close()
