@@ -69,8 +69,16 @@ class MFCC(nn.Module):
         frames = samples // cfg.hop_length + 1
         hop_rows = cfg.hop_length // n2
         rows = hop_rows * (frames - 1) + n1  # rows of n2 samples the frames span
-        x = nn.functional.pad(audio, (cfg.n_fft // 2, cfg.n_fft // 2))
-        x = x[:, : rows * n2].reshape(batch, rows, n2)
+        # Centre padding, cut on the right to exactly the samples the frames span (rows * n2
+        # = hop * (samples // hop) + n_fft): no Slice pass after the Pad (the MFCC graph
+        # 4-7 % faster in ONNX Runtime, the same outputs bit for bit; README "Benchmarks").
+        # A hop longer than n_fft / 2 could make that right padding negative: slice then.
+        half = cfg.n_fft // 2
+        if cfg.hop_length <= half:
+            x = nn.functional.pad(audio, (half, half - samples % cfg.hop_length))
+        else:
+            x = nn.functional.pad(audio, (half, half))[:, : rows * n2]
+        x = x.reshape(batch, rows, n2)
         if torch.onnx.is_in_onnx_export():
             # Gather whole rows (n2 contiguous samples), which ONNX Runtime copies with
             # one memcpy each and TensorRT parses; unfold would export as a loop.

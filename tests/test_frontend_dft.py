@@ -16,6 +16,7 @@ CONFIGS = [
     FrontendConfig(hop_length=128),
     FrontendConfig(n_fft=256, hop_length=100, n_mels=40, fmin=50.0, fmax=7600.0),  # n2 = 4
     FrontendConfig(n_fft=16, hop_length=5, n_mels=4, n_mfcc=4),  # n2 = 1: a dense DFT
+    FrontendConfig(n_fft=64, hop_length=48, n_mels=8, n_mfcc=8),  # hop > n_fft / 2: the sliced padding
 ]
 
 
@@ -60,7 +61,7 @@ def test_stacked_mel_maps_each_output_to_its_bin(cfg):
 
 
 @requires_torch
-@pytest.mark.parametrize("cfg", CONFIGS[:4], ids=lambda c: f"{c.n_fft}-{c.hop_length}")
+@pytest.mark.parametrize("cfg", CONFIGS[:4] + CONFIGS[5:], ids=lambda c: f"{c.n_fft}-{c.hop_length}")
 def test_torch_mel_power_equals_the_dense_convolution(cfg):
     import torch
 
@@ -97,3 +98,31 @@ def test_exported_graph_equals_eager_pytorch(tmp_path):
         ref, ref_frames = MFCC(cfg)(torch.from_numpy(audio), torch.from_numpy(lengths))
     np.testing.assert_array_equal(got_frames, ref_frames.numpy())
     np.testing.assert_allclose(got, ref.numpy(), atol=1e-4)
+
+
+@requires_torch
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[5]], ids=lambda c: f"{c.n_fft}-{c.hop_length}")
+def test_onnx_front_end_equals_eager_at_every_length_remainder(cfg, tmp_path):
+    """The exported graph pads each length to exactly the samples its frames span (or, for a
+    hop over n_fft / 2, slices): the same frames as eager PyTorch whatever ``N % hop``."""
+    import dataclasses
+
+    import onnxruntime as ort
+    import torch
+
+    from benchmarks.latency import export_frontend
+    from export.frontend import MFCC
+
+    cfg = dataclasses.replace(cfg, cmvn=False)  # CMVN over two frames would amplify float noise
+    session = ort.InferenceSession(str(export_frontend(cfg, tmp_path / "fe.onnx")), providers=["CPUExecutionProvider"])
+    module = MFCC(cfg).eval()
+    for n in (cfg.n_fft, cfg.sample_rate // 2, cfg.sample_rate // 2 + 1, cfg.sample_rate // 2 + cfg.hop_length - 1):
+        audio = np.stack([speechlike((n + 100) / cfg.sample_rate, sr=cfg.sample_rate, seed=n)[:n], np.zeros(n)]).astype(np.float32)
+        audio[1, : n // 2] = audio[0, : n // 2]
+        lengths = np.array([n, n // 2], dtype=np.int64)
+        got, frames = session.run(None, {"audio": audio, "audio_lengths": lengths})
+        with torch.no_grad():
+            ref, ref_frames = module(torch.from_numpy(audio), torch.from_numpy(lengths))
+        assert got.shape == tuple(ref.shape) == (2, cfg.num_frames(n), cfg.n_mfcc)
+        np.testing.assert_array_equal(frames, ref_frames.numpy())
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-3)
