@@ -99,18 +99,22 @@ class MFCC(nn.Module):
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        # Natural log: power_to_db's factor 10 / ln 10 is folded into the DCT matrix and the
-        # top_db threshold (one pass less over the (T, n_mels) map).
-        ln = torch.log(torch.clamp(self.mel_power(audio), min=cfg.amin))  # (B, T, n_mels)
+        power = self.mel_power(audio)  # (B, T, n_mels)
         # lengths are >= 0, so truncating division is floor division (and one ONNX Div).
         frame_lengths = torch.div(lengths, cfg.hop_length, rounding_mode="trunc") + 1
-        mask = frame_mask(frame_lengths, ln.shape[1])[:, :, None]  # (B, T, 1)
-        peak = torch.where(mask, ln, math.log(cfg.amin)).amax(dim=(1, 2), keepdim=True)
-        ln = torch.maximum(ln, peak - cfg.top_db * (math.log(10.0) / 10.0))
-        mfcc = torch.matmul(ln, self.dct_db)  # (B, T, n_mfcc)
+        valid = frame_mask(frame_lengths, power.shape[1])[:, :, None].to(power.dtype)  # (B, T, 1)
+        # power_to_db(amin, top_db) as a floor on the power before one log:
+        # max(log max(p, amin), log peak - top_db) = log max(p, max(amin, peak 10^(-top_db/10))),
+        # the peak over valid frames (p >= 0, so masking is a product). Two passes over the
+        # (T, n_mels) map fewer than clamping, logging, then clamping again (the MFCC graph
+        # 3 % faster at batch 1 and 5 % at 32 in ONNX Runtime, outputs within 3.2e-6; README
+        # "Benchmarks"). Natural log: the factor 10 / ln 10 is folded into the DCT matrix.
+        peak = (power * valid).amax(dim=(1, 2), keepdim=True)
+        floor = torch.clamp(peak * (10.0 ** (-cfg.top_db / 10.0)), min=cfg.amin)
+        mfcc = torch.matmul(torch.log(torch.maximum(power, floor)), self.dct_db)  # (B, T, n_mfcc)
         if cfg.cmvn:
-            return masked_cmvn(mfcc, mask.to(mfcc.dtype), frame_lengths), frame_lengths
-        return torch.where(mask, mfcc, 0.0), frame_lengths
+            return masked_cmvn(mfcc, valid, frame_lengths), frame_lengths
+        return mfcc * valid, frame_lengths
 
 
 def masked_cmvn(x: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
