@@ -193,8 +193,8 @@ class EmotionRecognizer:
         With more than one clip and ``prepare_threads > 1``, the clips are decoded and
         resampled on the thread pool (libsoxr and libsndfile's decoders work without the
         GIL), and then checked and trimmed here, in order: those are many short numpy
-        calls, which two threads only slow down with GIL hand-overs (32 clips: 1.7 ms in one
-        thread, 6.7 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
+        calls, which two threads only slow down with GIL hand-overs (32 clips: 2.0 ms in one
+        thread, 4.8 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
         """
         clips = sum(1 for a in args if a[0] is not None)
         if self.prepare_threads == 1 or clips < 2:

@@ -26,10 +26,10 @@ class OrtEngine(Engine):
         ``spin``: how the intra-op threads wait for work. "during" (default): busy-wait
         inside a run, sleep as soon as it ends; "always": also keep spinning after a run
         (ONNX Runtime's own default); "never": always sleep. On the 2-core build machine
-        (benchmarks/results/intel-xeon-2c/latency.md and ort-spin-*/): "never" cost 1.6 ms
-        at batch 1; "always" saved 0.2 ms there but slowed batch 32 by 6 % (its spinning
-        threads compete with the next batch's decoding) and keeps cores busy between
-        requests; "during" is the fastest at batch 8 and 32 (README "Benchmarks")."""
+        (benchmarks/results/intel-xeon-2c/latency.md and ort-spin-*/, README "Benchmarks"):
+        "never" is slower at batch 1 in every run; "during" and "always" differ by a few per cent
+        either way from run to run, within the machine's drift, but "always" keeps a core
+        spinning between requests, taking it from the next batch's decoding."""
         if spin not in SPIN_MODES:
             raise ValueError(f"spin must be one of {', '.join(SPIN_MODES)}, got {spin!r}")
         super().__init__(spec, precision, device)
