@@ -12,6 +12,7 @@ import math
 import os
 import struct
 import sys
+import threading
 from pathlib import Path
 from typing import Union
 
@@ -35,16 +36,28 @@ _INT16_SUBTYPES = frozenset({"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"})
 _PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")
 
 
+# Chunks a plain WAV may carry before its audio that libsndfile skips whatever they hold
+# (text metadata, padding); any other chunk type sends the file to libsndfile.
+_SKIPPED_CHUNKS = frozenset({b"LIST", b"JUNK", b"junk", b"PAD "})
+_MAX_CHANNELS = 1024  # libsndfile's limit
+_OPEN_LOCK = threading.Lock()
+
+
 def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int] | None:
     """``(samples, channels)`` int16 and the rate of a plain 16-bit PCM WAV, or None.
 
-    A read-only view of ``data``, no copy. Only the unambiguous case is handled here:
-    RIFF/WAVE, a ``fmt `` chunk for 16-bit integer PCM (plain or WAVE_FORMAT_EXTENSIBLE)
-    before a complete ``data`` chunk of whole frames; anything else (other formats and
-    widths, RF64, a truncated or empty data chunk) gives None, and ``decode`` leaves it to
-    libsndfile, whose samples this equals (tests/test_audio.py). Why not always libsndfile:
-    it reads in-memory audio through Python callbacks, ~0.1 ms per 3-s clip holding the GIL
-    (benchmarks/test_micro.py::test_decode_32_clips), against microseconds here.
+    Only the unambiguous case is handled here: RIFF/WAVE; a ``fmt `` chunk for 16-bit
+    integer PCM (plain or WAVE_FORMAT_EXTENSIBLE, at most 1024 channels, a rate below
+    2^31); then, with nothing but LIST/JUNK/PAD/fact chunks between, one complete ``data``
+    chunk of whole frames; and no second ``fmt `` or ``data`` chunk after it. Anything else
+    (other formats and widths, RF64, other chunks before the audio, a truncated or empty
+    data chunk, malformed headers) gives None, and ``decode`` leaves it to libsndfile, whose
+    samples this equals (tests/test_audio.py). Why not always libsndfile: it reads
+    in-memory audio through Python callbacks, ~0.1 ms per 3-s clip holding the GIL
+    (``pytest benchmarks --benchmark-only -k decode_32``), against microseconds here.
+
+    The samples are a read-only view of immutable ``bytes``, and a copy of a ``bytearray``
+    or writable buffer (which its owner could change under the view).
     """
     buf = memoryview(data)
     if not buf.c_contiguous or sys.byteorder != "little":
@@ -53,12 +66,16 @@ def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, i
     if len(buf) < 12 or buf[0:4] != b"RIFF" or buf[8:12] != b"WAVE":
         return None
     fmt: tuple[int, int, int] | None = None  # channels, rate, block_align
+    found: tuple[int, int] | None = None  # offset and size of the data chunk
     pos = 12
     while pos + 8 <= len(buf):
         chunk, size = bytes(buf[pos : pos + 4]), int.from_bytes(buf[pos + 4 : pos + 8], "little")
         body = pos + 8
-        if chunk == b"fmt ":
-            if size < 16 or body + size > len(buf):
+        if found is not None:  # after the audio: only a second fmt/data chunk matters
+            if chunk in (b"fmt ", b"data"):
+                return None
+        elif chunk == b"fmt ":
+            if fmt is not None or size < 16 or body + size > len(buf):
                 return None
             tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", buf, body)
             if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: valid bits and sub-format decide
@@ -66,25 +83,32 @@ def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, i
                     return None
             elif tag != 1:
                 return None
-            if bits != 16 or channels < 1 or rate < 1 or block_align != 2 * channels:
+            if bits != 16 or not 1 <= channels <= _MAX_CHANNELS or not 1 <= rate < 2**31 or block_align != 2 * channels:
                 return None
             fmt = channels, rate, block_align
         elif chunk == b"data":
             if fmt is None or size == 0 or size % fmt[2] or body + size > len(buf):
                 return None
-            samples = np.frombuffer(buf, dtype=np.int16, count=size // 2, offset=body).reshape(-1, fmt[0])
-            samples.flags.writeable = False
-            return samples, fmt[1]
+            found = body, size
+        elif chunk not in _SKIPPED_CHUNKS and not (chunk == b"fact" and size >= 4):  # fact: a frame count
+            return None
         pos = body + size + (size & 1)  # chunks are padded to an even size
-    return None
+    if found is None or fmt is None:
+        return None
+    samples = np.frombuffer(buf, dtype=np.int16, count=found[1] // 2, offset=found[0]).reshape(-1, fmt[0])
+    if buf.readonly:
+        samples.flags.writeable = False
+    else:
+        samples = samples.copy()
+    return samples, fmt[1]
 
 
 def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str | None = None) -> tuple[np.ndarray, int]:
     """Decode a file path or encoded bytes to ``(samples, channels)`` and its rate.
 
     Samples are int16 for 16-bit (or narrower) PCM and float32 otherwise; ``to_mono_float``
-    turns either into float32 mono in [-1, 1]. 16-bit PCM WAV bytes come back as a
-    read-only view of the bytes (``parse_pcm16_wav``).
+    turns either into float32 mono in [-1, 1]. 16-bit PCM WAV ``bytes`` come back as a
+    read-only view of them (``parse_pcm16_wav``).
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         name = name or "audio bytes"
@@ -103,7 +127,12 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
     import soundfile as sf
 
     try:
-        with sf.SoundFile(source) as f:
+        # libsndfile reports a failed open through a process-wide error code: one open at
+        # a time, so concurrent decodes (the server's, prepare_many's) name their own
+        # error. Reading the opened file, the slow part, runs in parallel.
+        with _OPEN_LOCK:
+            f = sf.SoundFile(source)
+        with f:
             if f.format not in SUPPORTED_FORMATS:
                 raise AudioDecodeError(
                     f"{name}: unsupported audio format {f.format}; accepted: {', '.join(SUPPORTED_FORMATS)}"
@@ -199,8 +228,12 @@ def trim_silence(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     # accumulated in float64; the same trims on every RAVDESS clip and 2000 random ones).
     g = math.gcd(hop, win)
     used = ((n - 1) * hop + win) // g * g
-    blocks = np.square(audio[:used]).reshape(-1, g) @ np.ones(g, dtype=np.float32)
+    with np.errstate(over="ignore"):  # an overflow is caught below
+        blocks = np.square(audio[:used]).reshape(-1, g) @ np.ones(g, dtype=np.float32)
     csum = np.concatenate(([0.0], np.cumsum(blocks, dtype=np.float64)))
+    if not np.isfinite(csum[-1]):  # squares beyond float32 (|x| > 1.8e19): in float64
+        blocks = np.square(audio[:used], dtype=np.float64).reshape(-1, g) @ np.ones(g)
+        csum = np.concatenate(([0.0], np.cumsum(blocks)))
     starts = np.arange(n) * (hop // g)
     energy = np.maximum(csum[starts + win // g] - csum[starts], 0.0) / win + 1e-20
     db = 10.0 * np.log10(energy)

@@ -191,8 +191,9 @@ class EmotionRecognizer:
         failing item (in order) raises, as it would one by one.
 
         With more than one clip and ``prepare_threads > 1``, the clips are decoded and
-        resampled on the thread pool (libsoxr and libsndfile's decoders work without the
-        GIL), and then checked and trimmed here, in order: those are many short numpy
+        resampled on the thread pool (libsoxr works without the GIL, and so does most of
+        libsndfile's FLAC/OGG decoding: 32 FLAC clips decode in 62.6 ms in one thread, 39.8
+        ms in two, ``-k decode_32``), and then checked and trimmed here, in order: many short numpy
         calls, which two threads only slow down with GIL hand-overs (32 clips: 2.0 ms in one
         thread, 4.8 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
         """
@@ -209,7 +210,7 @@ class EmotionRecognizer:
             for (_, text, _, name), job in zip(args, jobs):
                 staged = job.result()
                 items.append(self._check(staged, text, name))
-        finally:
+        finally:  # on an error, drop the jobs not started (at most prepare_threads still run)
             for job in jobs[len(items) :]:
                 job.cancel()
         return items

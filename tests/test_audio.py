@@ -130,6 +130,14 @@ def test_trim_silence_matches_direct_frame_energies_on_real_clips():
         np.testing.assert_array_equal(trim_silence(y, CFG), _trim_reference(y, CFG), err_msg=path.name)
 
 
+def test_trim_silence_of_huge_finite_samples():
+    """Squares beyond float32's range are summed in float64, as the reference does."""
+    from runtime.audio import trim_silence
+
+    clip = np.concatenate([np.full(8000, 1e16, np.float32), speechlike(1.0, seed=4) * np.float32(1e20)])
+    np.testing.assert_array_equal(trim_silence(clip, CFG), _trim_reference(clip, CFG))
+
+
 def test_int16_fast_paths_equal_float_decoding():
     import io
 
@@ -175,7 +183,7 @@ def _fmt(channels: int, rate: int, bits: int = 16, tag: int = 1) -> bytes:
     import struct
 
     align = channels * bits // 8
-    return struct.pack("<HHIIHH", tag, channels, rate, rate * align, align, bits)
+    return struct.pack("<HHIIHH", tag, channels, rate, (rate * align) % 2**32, align, bits)
 
 
 @pytest.mark.parametrize("channels,rate,fmt", [(1, 48000, "WAV"), (2, 44100, "WAV"), (6, 16000, "WAVEX"), (1, 8000, "WAVEX")])
@@ -190,7 +198,8 @@ def test_pcm16_wav_parse_equals_libsndfile(channels, rate, fmt):
         assert parsed is not None
         samples, got_rate = parsed
         ref, ref_rate = _libsndfile(wav)
-        assert got_rate == ref_rate == rate and samples.dtype == np.int16 and not samples.flags.writeable
+        assert got_rate == ref_rate == rate and samples.dtype == np.int16
+        assert samples.flags.writeable == isinstance(data, bytearray)  # a view of bytes, a copy of a bytearray
         np.testing.assert_array_equal(samples, ref)
         np.testing.assert_array_equal(decode(data)[0], ref)
     assert int.from_bytes(wav[20:22], "little") == (0xFFFE if fmt == "WAVEX" else 1)
@@ -217,8 +226,27 @@ def test_pcm16_wav_parse_walks_chunks_and_leaves_the_rest_to_libsndfile():
         "data before fmt": _riff((b"data", data), (b"fmt ", _fmt(2, 22050))),
         "flac": encode(pcm / 32768.0, 16000, "FLAC"),
     }
+    # Headers libsndfile refuses or reads differently go to it too (and decode as before).
+    others.update(
+        {
+            "two data chunks": _riff((b"fmt ", _fmt(2, 22050)), (b"data", data), (b"data", data)),
+            "two fmt chunks": _riff((b"fmt ", _fmt(2, 22050)), (b"fmt ", _fmt(1, 8000)), (b"data", data)),
+            "empty fact chunk": _riff((b"fmt ", _fmt(2, 22050)), (b"fact", b""), (b"data", data)),
+            "other chunk first": _riff((b"fmt ", _fmt(2, 22050)), (b"bext", bytes(602)), (b"data", data)),
+            "1025 channels": _riff((b"fmt ", _fmt(1025, 8000)), (b"data", bytes(2050 * 4))),
+            "rate 2^31": _riff((b"fmt ", _fmt(1, 2**31)), (b"data", data)),
+        }
+    )
     for what, blob in others.items():
         assert parse_pcm16_wav(blob) is None, what
+    # Padding chunks before the format are skipped too.
+    junk_first = _riff((b"JUNK", bytes(28)), (b"fmt ", _fmt(2, 22050)), (b"data", data))
+    np.testing.assert_array_equal(parse_pcm16_wav(junk_first)[0], _libsndfile(junk_first)[0])
+    # A mutable buffer is copied: its owner may change it after decoding.
+    mutable = bytearray(wav)
+    samples = parse_pcm16_wav(mutable)[0]
+    mutable[wav.index(b"data") + 8 : wav.index(b"data") + 10] = b"\x11\x11"
+    assert samples[0, 0] == pcm[0, 0] and samples.flags.writeable
     assert decode(others["truncated data"])[0].shape[1] == 2  # libsndfile reads what is there
     assert decode(others["float"])[0].dtype == np.float32
     with pytest.raises(AudioDecodeError, match="not decodable"):
