@@ -199,13 +199,17 @@ def validate(audio: np.ndarray, cfg: FrontendConfig, name: str = "audio") -> np.
     if audio.size < cfg.min_samples:
         raise AudioError(f"{name} is {seconds:.3f} s long; the minimum is {cfg.min_audio_seconds} s")
     if audio.size > cfg.max_samples:
-        raise AudioError(
-            f"{name} is {seconds:.1f} s long; the maximum is {cfg.max_audio_seconds} s "
-            "(split long recordings into utterances, e.g. with the server's /v1/stream)"
-        )
+        raise AudioError(_too_long(name, seconds, cfg))
     if peak < SILENCE_PEAK:
         raise AudioError(f"{name} is silent (peak amplitude below {SILENCE_PEAK:g}); nothing to recognise")
     return audio
+
+
+def _too_long(name: str, seconds: float, cfg: FrontendConfig) -> str:
+    return (
+        f"{name} is {seconds:.1f} s long; the maximum is {cfg.max_audio_seconds} s "
+        "(split long recordings into utterances, e.g. with the server's /v1/stream)"
+    )
 
 
 def trim_silence(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
@@ -265,16 +269,25 @@ def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | Non
 
 def condition_audio(samples: np.ndarray, rate: int, cfg: FrontendConfig, label: str = "audio") -> np.ndarray:
     """The second half of ``load_audio``: downmix, resample, validate, trim silence."""
+    return check_clip(to_model_rate(samples, rate, cfg, label), cfg, label)
+
+
+def to_model_rate(samples: np.ndarray, rate: int, cfg: FrontendConfig, label: str = "audio") -> np.ndarray:
+    """``condition_audio``'s first step: the float32 mono downmix at ``cfg.sample_rate``.
+
+    A clip that will be too long at the model's rate is rejected before it is resampled
+    (a few bytes of WAV claiming a 1-Hz rate would otherwise be resampled to millions of
+    samples first). Empty and non-finite clips are passed on unresampled for ``validate``
+    to report.
+    """
     mono = to_mono_float(samples)
-    if needs_resampling(samples, mono, rate, cfg):
-        mono = resample(mono, rate, cfg.sample_rate)
-    return check_clip(mono, cfg, label)
-
-
-def needs_resampling(samples: np.ndarray, mono: np.ndarray, rate: int, cfg: FrontendConfig) -> bool:
-    """Whether ``condition_audio`` resamples ``mono`` (the downmix of ``samples``): when the
-    rate differs and the clip is not empty and finite (``validate`` reports those)."""
-    return rate != cfg.sample_rate and mono.size > 0 and (samples.dtype == np.int16 or np.isfinite(_finite_peak(mono)))
+    if rate == cfg.sample_rate or mono.size == 0:
+        return mono
+    if rate > 0 and mono.size * cfg.sample_rate > (cfg.max_samples + 1) * rate:
+        raise AudioError(_too_long(label, mono.size / rate, cfg))
+    if samples.dtype == np.int16 or np.isfinite(_finite_peak(mono)):
+        return resample(mono, rate, cfg.sample_rate)
+    return mono
 
 
 def check_clip(mono: np.ndarray, cfg: FrontendConfig, label: str = "audio") -> np.ndarray:

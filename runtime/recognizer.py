@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.audio import AudioInput, check_clip, needs_resampling, pad_batch, read_audio, resample, to_mono_float
+from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, to_model_rate
 from runtime.engines import create_engine
 from runtime.engines.base import Engine
 from runtime.errors import EmotionError, TextError
@@ -105,10 +105,7 @@ class EmotionRecognizer:
         if audio is None:
             return None
         samples, rate, label = read_audio(audio, sample_rate, name)
-        mono = to_mono_float(samples)
-        if needs_resampling(samples, mono, rate, self.spec.frontend):
-            mono = resample(mono, rate, self.sample_rate)
-        return mono, label
+        return to_model_rate(samples, rate, self.spec.frontend, label), label
 
     def _check(self, staged: tuple | None, text: str | None, name: str | None) -> Item:
         """``prepare``'s second step: check and trim the clip (``check_clip``), check the text."""

@@ -253,3 +253,20 @@ def test_pcm16_wav_parse_walks_chunks_and_leaves_the_rest_to_libsndfile():
         load_audio(others["data before fmt"], CFG)
     with pytest.raises(AudioDecodeError, match="not decodable"):
         load_audio(b"RIFF\x04\0\0\0WAVE", CFG)
+
+
+def test_too_long_clips_are_rejected_before_resampling(monkeypatch):
+    import runtime.audio as audio
+
+    def no_resampling(*args):
+        raise AssertionError("resampled a clip that is too long anyway")
+
+    monkeypatch.setattr(audio, "resample", no_resampling)
+    # 2000 bytes of WAV claiming 1 Hz: 1000 s, which would be 16 M samples at 16 kHz
+    tiny_rate = _riff((b"fmt ", _fmt(1, 1)), (b"data", (np.arange(1000, dtype=np.int16) * 30).tobytes()))
+    with pytest.raises(AudioError, match="is 1000.0 s long; the maximum is 30.0 s"):
+        load_audio(tiny_rate, CFG)
+    with pytest.raises(AudioError, match="is 31.0 s long"):
+        load_audio(np.tile(speechlike(1.0, sr=8000), 31), CFG, sample_rate=8000)
+    monkeypatch.undo()
+    assert load_audio(np.tile(speechlike(1.0, sr=8000), 30), CFG, sample_rate=8000).size <= CFG.max_samples
