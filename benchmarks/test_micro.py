@@ -123,9 +123,8 @@ def _threaded(fn, items: list, threads: int):
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
 def test_decode_32_clips(benchmark, wav_clips, fmt, threads):
     """Decoding in one thread and in two. 16-bit WAV bytes are parsed in numpy
-    (``parse_pcm16_wav``); FLAC goes through libsndfile, which reads in-memory audio
-    through Python callbacks, so two decoding threads contend for the GIL: why
-    ``prepare_many`` decodes in the calling thread."""
+    (``parse_pcm16_wav``, microseconds); FLAC goes through libsndfile, whose decoding
+    runs mostly without the GIL, so ``prepare_many`` decodes on its pool."""
     import soundfile as sf
 
     from runtime.audio import decode
@@ -151,8 +150,8 @@ def _reencode(wav: bytes, fmt: str) -> bytes:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_check_32_clips(benchmark, spec, wav_clips, threads):
     """Validating and trimming resampled clips in one thread and in two: many short numpy
-    calls, which two threads slow down (GIL hand-overs): why ``prepare_many`` runs only the
-    resampling on its pool."""
+    calls, which two threads slow down (GIL hand-overs): why ``prepare_many`` checks the
+    clips in the calling thread, after decoding and resampling them on its pool."""
     from runtime.audio import check_clip, load_audio
 
     cfg = spec.frontend
