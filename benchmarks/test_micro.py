@@ -11,6 +11,8 @@ per-clip or per-sentence figures in ``extra_info`` (``--benchmark-json`` keeps t
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 from pathlib import Path
 
@@ -132,13 +134,11 @@ def test_decode_32_clips(benchmark, wav_clips, fmt, threads):
     clips = wav_clips if fmt == "WAV" else [_reencode(c, fmt) for c in wav_clips]
     out = benchmark(_threaded(decode, clips, threads))
     assert len(out) == len(clips) and all(s.dtype == np.int16 for s, _ in out)
-    assert sf.info(__import__("io").BytesIO(clips[0])).format == fmt
+    assert sf.info(io.BytesIO(clips[0])).format == fmt
     _per(benchmark, len(clips), "clip")
 
 
 def _reencode(wav: bytes, fmt: str) -> bytes:
-    import io
-
     import soundfile as sf
 
     samples, rate = sf.read(io.BytesIO(wav), dtype="int16")
@@ -155,7 +155,7 @@ def test_check_32_clips(benchmark, spec, wav_clips, threads):
     from runtime.audio import check_clip, load_audio
 
     cfg = spec.frontend
-    untrimmed = __import__("dataclasses").replace(cfg, trim_db=0.0)
+    untrimmed = dataclasses.replace(cfg, trim_db=0.0)
     clips = [load_audio(c, untrimmed) for c in wav_clips]
     out = benchmark(_threaded(lambda y: check_clip(y, cfg), clips, threads))
     assert len(out) == len(clips)

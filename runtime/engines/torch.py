@@ -50,7 +50,7 @@ class TorchEngine(Engine):
         model, _ = load_torch_model(spec.root)
         # An ensemble runs merged, as in the ONNX graph. On the 2-core CPU that made batch 1
         # faster and batch 32 slower (end to end 11.9 -> 10.1 ms and 184 -> 209 ms, the
-        # torch rows of benchmarks/results/intel-xeon-2c/latency.md at commit dce4484 and now); on
+        # torch rows of benchmarks/results/intel-xeon-2c/latency.md at commits dce4484 and fc794f2); on
         # a GPU, where fewer kernel launches matter most, it has not been measured.
         self.model = inference_form(model).to(dev).eval()
         self.dev = dev
