@@ -1,8 +1,13 @@
 """The model folder contract: ``spec.json`` and the files it lists with their sha256.
 
 ``export`` writes the spec; the runtime only reads it, ignoring keys it does not know.
-Loading verifies every listed file's hash, so a truncated download or a file swapped
-by hand is caught before any inference.
+Loading verifies the hash of every listed file that is present, so a truncated download
+or a file swapped by hand is caught before any inference.
+
+A folder may be pruned to what one engine reads (``spec.json``, the tokenizer and, say,
+``emotech.int8.onnx`` alone on a Jetson: 22 MB instead of 72): a listed file that is
+absent is an error only when it is asked for (``ModelSpec.require``), naming the file.
+The tokenizer is always read, so it must be there.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ class ModelSpec:
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def require(self, name: str, why: str) -> Path:
+        """The path of ``name``, which must be in the folder (``why``: what needs it)."""
+        path = self.root / name
+        if not path.is_file():
+            listed = "spec.json lists it, but the folder was pruned or copied incompletely" if name in self.files else "spec.json does not list it"
+            raise ModelFolderError(f"{self.root}: {name} is missing, and {why} needs it ({listed}); copy it from the release")
+        return path
+
     def graph_file(self, graph: str = "fused", precision: str = "fp32") -> Path:
         """The ONNX file of ``graph`` at ``precision``; raises when the folder lacks it."""
         variants = self.graphs.get(graph, {})
@@ -51,7 +64,7 @@ class ModelSpec:
                 f"{self.root}: no {precision} variant of the {graph} graph (available: {have}); "
                 f"create it with `python -m export.quantize --precision {precision} --model-dir {self.root}`"
             )
-        return self.root / variants[precision]
+        return self.require(variants[precision], f"the {precision} {graph} graph")
 
 
 def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
@@ -74,14 +87,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_files(root: Path, files: dict[str, str]) -> None:
-    """Raise ``ModelFolderError`` naming every file that is missing or has the wrong hash."""
-    problems = []
+def verify_files(root: Path, files: dict[str, str], required: tuple[str, ...] = ()) -> None:
+    """Raise ``ModelFolderError`` naming every file of ``required`` that is missing and
+    every present file whose hash is wrong (absent optional files are left to ``require``)."""
+    problems = [f"{name} is missing" for name in required if not (root / name).is_file()]
     for name, expected in files.items():
         path = root / name
         if not path.is_file():
-            problems.append(f"{name} is missing")
-        elif sha256_file(path) != expected:
+            continue
+        if sha256_file(path) != expected:
             problems.append(f"{name} does not match its sha256 in {SPEC_FILE}")
     if problems:
         raise ModelFolderError(f"model folder {root} failed verification: " + "; ".join(problems))
@@ -115,5 +129,5 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFolderError(f"{spec_path} is malformed: {e!r}") from e
     if verify:
-        verify_files(root, spec.files)
+        verify_files(root, spec.files, required=(spec.tokenizer_file,))
     return spec

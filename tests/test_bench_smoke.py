@@ -4,6 +4,7 @@ and unit tests of its statistics, target checks and machine parsing, so it canno
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,27 @@ def test_profile_parts_of_single_and_ensemble_node_names(node, part):
     from benchmarks.profile import part_of
 
     assert part_of(node) == part
+
+
+def test_gpu_rows_script_checks_before_it_measures(tmp_path):
+    """``benchmarks/gpu_rows.sh check`` names the missing package or GPU (exit 3) or says it
+    is ready (exit 0, only with a CUDA GPU); a wrong call prints the usage (exit 2)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, has_torch
+
+    script = REPO / "benchmarks" / "gpu_rows.sh"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(script), "check"], capture_output=True, text=True, env=env, timeout=120)
+    if done.returncode == 0:  # only where PyTorch sees a GPU
+        import torch
+
+        assert torch.cuda.is_available() and "ready" in done.stdout
+    else:
+        assert done.returncode == 3, done.stderr
+        assert "do not import here" in done.stderr or "sees no CUDA GPU" in done.stderr
+        if has_torch():
+            assert "do not import here: torch" not in done.stderr
+    done = subprocess.run(["bash", str(script), "nonsense"], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 2 and "gpu_rows.sh run OUT_DIR" in done.stdout

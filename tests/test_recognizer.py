@@ -127,6 +127,36 @@ def test_hash_mismatch_and_missing_files(tiny_model_dir, tmp_path):
         EmotionRecognizer.load(bad)
 
 
+def test_pruned_folder_loads_the_engine_whose_files_it_keeps(tiny_model_dir, tmp_path):
+    """A folder cut down to one engine's files loads that engine; asking for another names
+    the absent file; a present file with the wrong hash is still refused at load."""
+    onnx_only = tmp_path / "onnx_only"
+    shutil.copytree(tiny_model_dir, onnx_only)
+    (onnx_only / "model.safetensors").unlink()
+    r = EmotionRecognizer.load(onnx_only, engine="ort")
+    try:
+        assert r.predict(text="what a day").label in r.labels
+    finally:
+        r.close()
+    with pytest.raises(ModelFolderError, match=r"model.safetensors is missing, and engine 'torch' needs it \(spec.json lists it"):
+        EmotionRecognizer.load(onnx_only, engine="torch")
+
+    weights_only = tmp_path / "weights_only"
+    shutil.copytree(tiny_model_dir, weights_only)
+    (weights_only / "emotech.onnx").unlink()
+    with pytest.raises(ModelFolderError, match="emotech.onnx is missing, and the fp32 fused graph needs it"):
+        EmotionRecognizer.load(weights_only, engine="ort")
+    r = EmotionRecognizer.load(weights_only, engine="torch")
+    try:
+        assert r.predict(text="what a day").label in r.labels
+    finally:
+        r.close()
+    with open(weights_only / "model.safetensors", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelFolderError, match="model.safetensors does not match its sha256"):
+        EmotionRecognizer.load(weights_only, engine="torch")
+
+
 def test_unknown_engine_and_missing_precision(tiny_model_dir):
     with pytest.raises(ValueError, match="engine must be one of"):
         EmotionRecognizer.load(tiny_model_dir, engine="nope")

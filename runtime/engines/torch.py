@@ -47,6 +47,7 @@ class TorchEngine(Engine):
         from export.bundle import load_torch_model  # the model definition lives with training
         from export.merged import inference_form
 
+        spec.require(spec.raw.get("weights", "model.safetensors"), "engine 'torch'")
         model, _ = load_torch_model(spec.root)
         # An ensemble runs merged, as in the ONNX graph. On the 2-core CPU that made batch 1
         # faster and batch 32 slower (end to end 11.9 -> 10.1 ms and 184 -> 209 ms, the

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU rows of the latency benchmark (README "Benchmarks"), in one command, on a machine
+# with an NVIDIA GPU and a CUDA build of PyTorch. From the repository root:
+#
+#   bash benchmarks/gpu_rows.sh check
+#       names any Python package that does not import, or a missing GPU, and exits 3; else 0
+#
+#   bash benchmarks/gpu_rows.sh run OUT_DIR
+#       1. `check`, then
+#       2. python -m benchmarks.latency --device cuda for every engine that can run there
+#          (torch fp32/fp16; ort with onnxruntime-gpu; trt with TensorRT + pycuda; the others
+#          are listed as skipped), the librosa + PyTorch-eager baseline on the same GPU, batch
+#          sizes $BATCHES (default 1,8,64), 3-s clips and 12-word texts: OUT_DIR/latency.*
+#       3. the tests marked requires_cuda / requires_trt: OUT_DIR/tests.log
+#       Bounded by $LATENCY_TIMEOUT (default 420) and $TESTS_TIMEOUT (default 120) seconds.
+#
+#   bash benchmarks/gpu_rows.sh wheels DIR [PYTHON_VERSION]
+#       On a machine with a package registry: the manylinux x86_64 wheels of the packages a
+#       GPU image with PyTorch, ONNX Runtime, tokenizers, SciPy, scikit-learn and numba
+#       usually lacks (soundfile, soxr, librosa and what they need), for CPython
+#       PYTHON_VERSION (default 3.12). On the GPU machine, before `run`:
+#         python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*.whl
+#         export PYTHONPATH=/tmp/site
+#
+# The repository is used in place (PYTHONPATH), not installed: the [export] extra pins the
+# CPU build of torch that CI uses, and the GPU machine brings its own CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Imported by the engines, the harness and the baseline. (module -> pip name)
+MODULES="numpy:numpy onnxruntime:onnxruntime tokenizers:tokenizers soundfile:soundfile soxr:soxr torch:torch onnx:onnx
+librosa:librosa safetensors:safetensors matplotlib:matplotlib psutil:psutil threadpoolctl:threadpoolctl pytest:pytest"
+# What `wheels` fetches: soundfile, soxr, librosa and the requirements of theirs such images lack.
+WHEELS="soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0 librosa==0.11.0 audioread==3.1.0 decorator==5.3.1
+pooch==1.9.0 platformdirs==4.14.9"
+
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+check_imports() {
+    local missing=()
+    for pair in $MODULES; do
+        python3 -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "gpu_rows: these packages do not import here: ${missing[*]}" >&2
+        echo "gpu_rows: pip install them, or on a machine without a registry see 'wheels' in $0" >&2
+        exit 3
+    fi
+    python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
+        echo "gpu_rows: torch $(python3 -c 'import torch; print(torch.__version__)') sees no CUDA GPU" >&2
+        exit 3
+    }
+}
+
+run() {
+    local out=$1
+    mkdir -p "$out"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    check_imports
+    { nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >"$out/env.txt" 2>&1
+    local rc=0
+    timeout "${LATENCY_TIMEOUT:-420}" python3 -m benchmarks.latency --engine torch,ort,trt --precision fp32,fp16,int8 --device cuda \
+        --batch "${BATCHES:-1,8,64}" --audio-seconds 3 --text-words 12 --retries 1 --max-other-cpu 50 --out "$out" \
+        2>&1 | tee "$out/latency.log" || rc=1
+    timeout "${TESTS_TIMEOUT:-120}" python3 -m pytest -q -p no:cacheprovider -m "requires_cuda or requires_trt" -rs tests \
+        2>&1 | tee "$out/tests.log" || rc=1
+    return $rc
+}
+
+wheels() {
+    local dir=$1 py=${2:-3.12}
+    mkdir -p "$dir"
+    # shellcheck disable=SC2086
+    python3 -m pip download --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d "$dir" $WHEELS
+}
+
+case "${1:-}" in
+    check) [ $# -eq 1 ] || usage; export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"; check_imports; echo "gpu_rows: ready" ;;
+    run) [ $# -eq 2 ] || usage; run "$2" ;;
+    wheels) [ $# -ge 2 ] || usage; wheels "$2" "${3:-3.12}" ;;
+    *) usage ;;
+esac
