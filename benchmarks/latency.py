@@ -16,6 +16,10 @@ load, so a shared machine shows in the results. Writes
 ``latency.json`` (a ``machine`` object and flat ``results`` rows), ``latency.md`` and
 ``latency.png`` to ``--out`` (default ``benchmarks/results/<machine>/``).
 
+``--profile cpu|desktop-gpu|jetson`` picks the engines, precisions, device and batch
+sizes that matter on such a machine (``PROFILES``); ``--engine``, ``--precision``,
+``--device`` and ``--batch`` given as well override the profile's.
+
 An engine, device or precision that cannot run here (no GPU, no TensorRT, no such
 graph in the model folder) is skipped with the reason printed and recorded; when
 nothing at all could run, no files are written and the exit status is 1.
@@ -48,6 +52,18 @@ from runtime.spec import BUNDLED_MODEL_DIR
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ENGINES = ("ort", "torch", "trt")
+# What to measure on each kind of target; unset options fall back to DEFAULTS.
+DEFAULTS = {"engine": "ort", "precision": "fp32", "device": "cpu", "batch": "1,8,32"}
+PROFILES = {
+    # a kiosk or call-centre box without a GPU: ONNX Runtime (the INT8 graph for
+    # comparison) and PyTorch, the batch sizes of the CPU targets
+    "cpu": {"engine": "ort,torch", "precision": "fp32,int8", "device": "cpu", "batch": "1,8,32"},
+    # a desktop or server GPU: every engine at every precision, up to the batch-64 target
+    "desktop-gpu": {"engine": "trt,torch,ort", "precision": "fp32,fp16,int8", "device": "cuda", "batch": "1,8,32,64"},
+    # a Jetson (shared memory, a few streams): TensorRT at the precisions it is built for,
+    # PyTorch-CUDA for comparison, small batches
+    "jetson": {"engine": "trt,torch", "precision": "fp16,int8,fp32", "device": "cuda", "batch": "1,4,8,16"},
+}
 
 
 def _csv(text: str, cast: Callable = str) -> list:
@@ -58,12 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--engine", default="ort", help=f"comma-separated engines from {', '.join(ENGINES)} (default: ort)")
-    p.add_argument("--precision", default="fp32", help="comma-separated precisions: fp32, fp16, int8 (default: fp32)")
     p.add_argument(
-        "--device", default="cpu", choices=("cpu", "cuda"), help="device for the engines and the baseline (default: cpu)"
+        "--profile", choices=tuple(PROFILES), default=None,
+        help="preset engines, precisions, device and batch sizes for a kind of machine (the options below override it): "
+        + "; ".join(f"{k}: " + " ".join(f"--{o} {v}" for o, v in opts.items()) for k, opts in PROFILES.items()),
+    )  # fmt: skip
+    p.add_argument("--engine", default=None, help=f"comma-separated engines from {', '.join(ENGINES)} (default: ort)")
+    p.add_argument("--precision", default=None, help="comma-separated precisions: fp32, fp16, int8 (default: fp32)")
+    p.add_argument(
+        "--device", default=None, choices=("cpu", "cuda"), help="device for the engines and the baseline (default: cpu)"
     )
-    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
+    p.add_argument("--batch", default=None, help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument("--audio-seconds", type=float, default=3.0, help="clip length (default: 3)")
     p.add_argument("--text-words", type=int, default=12, help="words per transcript (default: 12)")
     p.add_argument("--input-rate", type=int, default=48000, help="sample rate the clips are sent at (default: 48000)")
@@ -97,8 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def apply_profile(args: argparse.Namespace) -> None:
+    """Fill ``--engine/--precision/--device/--batch`` left unset from ``--profile``, then
+    from ``DEFAULTS``."""
+    preset = PROFILES[args.profile] if args.profile else {}
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming the bad option."""
+    apply_profile(args)
     bad = [e for e in _csv(args.engine) if e not in ENGINES]
     if bad or not _csv(args.engine):
         raise ValueError(f"--engine must list engines from {', '.join(ENGINES)}, got {args.engine!r}")
@@ -382,7 +413,7 @@ def run(args: argparse.Namespace) -> dict:
     info["loadavg_end"] = loadavg()
     info["tegrastats"] = tegra.summary()
     settings = {
-        "engines": _csv(args.engine), "precisions": _csv(args.precision), "device": args.device, "batches": batches,
+        "profile": args.profile, "engines": _csv(args.engine), "precisions": _csv(args.precision), "device": args.device, "batches": batches,
         "audio_seconds": args.audio_seconds, "text_words": args.text_words, "input_rate": args.input_rate,
         "sample_rate": sample_rate, "model_dir": str(args.model_dir),
         "threads": args.threads, "ort_spin": args.ort_spin, "quick": args.quick, "seed": args.seed, "baseline_blas_threads": args.baseline_blas_threads,

@@ -239,3 +239,19 @@ def test_gpu_rows_script_checks_before_it_measures(tmp_path):
             assert "do not import here: torch" not in done.stderr
     done = subprocess.run(["bash", str(script), "nonsense"], capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 2 and "gpu_rows.sh run OUT_DIR" in done.stdout
+
+
+def test_profiles_preset_what_is_not_given():
+    from benchmarks.latency import PROFILES, build_parser, validate_args
+
+    args = build_parser().parse_args(["--profile", "jetson", "--batch", "1,2"])
+    validate_args(args)
+    assert (args.engine, args.precision, args.device, args.batch) == ("trt,torch", "fp16,int8,fp32", "cuda", "1,2")
+    args = build_parser().parse_args(["--profile", "desktop-gpu", "--engine", "torch"])
+    validate_args(args)
+    assert (args.engine, args.device, args.batch) == ("torch", "cuda", PROFILES["desktop-gpu"]["batch"])
+    args = build_parser().parse_args([])
+    validate_args(args)
+    assert (args.engine, args.precision, args.device, args.batch) == ("ort", "fp32", "cpu", "1,8,32")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--profile", "laptop"])
