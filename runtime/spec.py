@@ -5,7 +5,7 @@ Loading verifies the hash of every listed file that is present, so a truncated d
 or a file swapped by hand is caught before any inference.
 
 A folder may be pruned to what one engine reads (``spec.json``, the tokenizer and, say,
-``emotech.int8.onnx`` alone on a Jetson: 22 MB instead of 72): a listed file that is
+``emotech.int8.onnx`` alone on a Jetson: 23 MB instead of 83): a listed file that is
 absent is an error only when it is asked for (``ModelSpec.require``), naming the file.
 The tokenizer is always read, so it must be there.
 """
