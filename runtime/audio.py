@@ -42,6 +42,14 @@ _SKIPPED_CHUNKS = frozenset({b"LIST", b"JUNK", b"junk", b"PAD "})
 _MAX_CHANNELS = 1024  # libsndfile's limit
 _OPEN_LOCK = threading.Lock()
 
+# Decoded audio is bounded by its size, whatever the header claims: 30 s at 48 kHz with 16
+# channels (92 MB as float32). A few hundred kB of Vorbis or Opus can otherwise decode to
+# gigabytes (192 kHz x 255 channels), and a FLAC header may claim any length.
+MAX_DECODED_SAMPLES = 30 * 48_000 * 16
+MAX_SAMPLE_RATE = 1_000_000  # Hz; libsoxr does not return for rates from about 2^46
+UNKNOWN_FRAMES = 2**62  # libsndfile's frame count of a stream of unknown length is about 2^63
+MAX_PEAK = 2.0**31  # larger |samples| are rejected: the front-end's power spectrum would overflow float32
+
 
 def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int] | None:
     """``(samples, channels)`` int16 and the rate of a plain 16-bit PCM WAV, or None.
@@ -121,7 +129,11 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
     else:
         path = Path(data)
         name = name or str(path)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+            raise AudioDecodeError(f"{name}: cannot open audio file ({e})") from e
+        if not found:
             raise AudioDecodeError(f"no such audio file: {path}")
         source = str(path)
     import soundfile as sf
@@ -138,21 +150,71 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
                     f"{name}: unsupported audio format {f.format}; accepted: {', '.join(SUPPORTED_FORMATS)}"
                 )
             dtype = "int16" if f.subtype in _INT16_SUBTYPES else "float32"
-            # An explicit frame count: some codecs (GSM 6.10, G.721 ADPCM) are not seekable.
-            samples, rate = f.read(f.frames, dtype=dtype, always_2d=True), f.samplerate
-    except AudioDecodeError:
+            # An explicit frame count (some codecs, GSM 6.10 and G.721 ADPCM, are not
+            # seekable), never more than one frame beyond MAX_DECODED_SAMPLES: the header's
+            # count may be a lie or "unknown" (a FLAC stream's 0).
+            most = MAX_DECODED_SAMPLES // max(f.channels, 1)
+            samples, rate = f.read(min(f.frames, most + 1), dtype=dtype, always_2d=True), f.samplerate
+            if samples.shape[0] > most:
+                raise AudioError(_too_much(name, f.channels, rate))
+    except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         reason = str(getattr(e, "error_string", "") or e).split(": ")[-1]
+        if "psf_fseek" in reason:  # libsndfile read past the audio a (FLAC) header claims
+            reason += " the header's length does not match the audio in it; re-encode the file"
         raise AudioDecodeError(f"{name} is not decodable audio ({reason}); accepted: {', '.join(SUPPORTED_FORMATS)}") from e
     return samples, int(rate)
 
 
-def to_mono_float(samples: np.ndarray) -> np.ndarray:
+def _too_much(name: str, channels: int, rate: int) -> str:
+    return (
+        f"{name} decodes to more than {MAX_DECODED_SAMPLES} samples ({channels} channels at {rate} Hz); "
+        f"at most {MAX_DECODED_SAMPLES} are accepted (30 s at 48 kHz with 16 channels): downmix or split it"
+    )
+
+
+def probe(data: bytes) -> tuple[int | None, int, int] | None:
+    """``(frames or None if unknown, rate, channels)`` from encoded audio's header, or None
+    if libsndfile cannot read it (``decode`` then says why)."""
+    import soundfile as sf
+
+    try:
+        with _OPEN_LOCK:  # see decode
+            info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - any header failure is reported by the decoder instead
+        return None
+    return (info.frames if 0 <= info.frames < UNKNOWN_FRAMES else None), int(info.samplerate), int(info.channels)
+
+
+def check_rate(sample_rate: object, name: str = "audio") -> int:
+    """``sample_rate`` as an int in [1, MAX_SAMPLE_RATE] Hz, else ``AudioError``: a whole
+    number (an int, or a float without a fractional part), not a bool or a string."""
+    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
+        raise AudioError(f"{name}: sample_rate must be a whole number of Hz, got {type(sample_rate).__name__} {sample_rate!r}")
+    if isinstance(sample_rate, (float, np.floating)):
+        if not math.isfinite(sample_rate) or sample_rate != math.floor(sample_rate):
+            raise AudioError(f"{name}: sample_rate must be a whole number of Hz, got {sample_rate!r}")
+    rate = int(sample_rate)
+    if not 1 <= rate <= MAX_SAMPLE_RATE:
+        shown = str(rate) if len(str(rate)) <= 20 else str(rate)[:20] + "..."
+        raise AudioError(f"{name}: the sample rate must be between 1 and {MAX_SAMPLE_RATE} Hz, got {shown}")
+    return rate
+
+
+def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     """Float32 mono from a float or int16 array, 1-D or ``(samples, channels)``."""
     a = np.asarray(samples)
-    if a.dtype != np.int16 and not np.issubdtype(a.dtype, np.floating):
-        raise AudioError(f"audio array dtype {a.dtype} is not supported; pass float32/float64 in [-1, 1] or int16")
+    is_int16 = a.dtype.kind == "i" and a.dtype.itemsize == 2  # either byte order
+    if not is_int16 and not np.issubdtype(a.dtype, np.floating):
+        raise AudioError(f"{name}: audio array dtype {a.dtype} is not supported; pass float32/float64 in [-1, 1] or int16")
+    if a.size == 0:
+        return np.zeros(0, dtype=np.float32)  # reported as empty by validate
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+        # finite values beyond float32 would become inf in the cast: name them as too loud
+        peak = _finite_peak(a)
+        if np.isfinite(peak) and peak > MAX_PEAK:
+            raise AudioError(_too_loud(name, peak))
     if a.ndim == 2:
         # (samples, channels) as soundfile returns; a (channels, samples) array with few
         # rows is also accepted, since no real clip has fewer samples than channels.
@@ -160,7 +222,7 @@ def to_mono_float(samples: np.ndarray) -> np.ndarray:
             a = a.T
     elif a.ndim != 1:
         raise AudioError(f"audio array must be 1-D or (samples, channels), got shape {a.shape}")
-    scale = np.float32(1.0 / 32768.0) if a.dtype == np.int16 else None
+    scale = np.float32(1.0 / 32768.0) if is_int16 else None
     if a.ndim == 2:
         a = a[:, 0] if a.shape[1] == 1 else a.mean(axis=1, dtype=np.float32)
     if scale is None:
@@ -195,9 +257,11 @@ def validate(audio: np.ndarray, cfg: FrontendConfig, name: str = "audio") -> np.
     if not np.isfinite(peak):
         bad = int(np.count_nonzero(~np.isfinite(audio)))
         raise AudioError(f"{name} has {bad} NaN or infinite samples; audio must be finite")
+    if peak > MAX_PEAK:
+        raise AudioError(_too_loud(name, peak))
     seconds = audio.size / cfg.sample_rate
     if audio.size < cfg.min_samples:
-        raise AudioError(f"{name} is {seconds:.3f} s long; the minimum is {cfg.min_audio_seconds} s")
+        raise AudioError(f"{name} is {seconds:.6g} s long ({audio.size} samples at {cfg.sample_rate} Hz); the minimum is {cfg.min_audio_seconds} s")
     if audio.size > cfg.max_samples:
         raise AudioError(_too_long(name, seconds, cfg))
     if peak < SILENCE_PEAK:
@@ -205,9 +269,13 @@ def validate(audio: np.ndarray, cfg: FrontendConfig, name: str = "audio") -> np.
     return audio
 
 
+def _too_loud(name: str, peak: float) -> str:
+    return f"{name} has samples as large as {peak:.3g}; float audio is expected in [-1, 1] (at most {MAX_PEAK:.4g} is accepted)"
+
+
 def _too_long(name: str, seconds: float, cfg: FrontendConfig) -> str:
     return (
-        f"{name} is {seconds:.1f} s long; the maximum is {cfg.max_audio_seconds} s "
+        f"{name} is {seconds:.6g} s long; the maximum is {cfg.max_audio_seconds} s "
         "(split long recordings into utterances, e.g. with the server's /v1/stream)"
     )
 
@@ -257,14 +325,15 @@ def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | Non
     """The first half of ``load_audio``: any accepted input -> ``(samples, rate, label)``,
     decoded but not yet downmixed or resampled (``label`` names the input in errors)."""
     if isinstance(data, np.ndarray):
+        label = name or "audio array"
         if sample_rate is None:
-            raise AudioError("sample_rate is required when audio is passed as an array")
-        return data, int(sample_rate), name or "audio array"
+            raise AudioError(f"{label}: sample_rate is required when audio is passed as an array")
+        return data, check_rate(sample_rate, label), label
     if isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
         label = name or (str(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
         samples, rate = decode(data, label)
-        return samples, rate, label
-    raise AudioError(f"audio of type {type(data).__name__} is not supported; pass a numpy array, a file path or encoded bytes")
+        return samples, check_rate(rate, label), label
+    raise AudioError(f"{name or 'audio'}: audio of type {type(data).__name__} is not supported; pass a numpy array, a file path or encoded bytes")
 
 
 def condition_audio(samples: np.ndarray, rate: int, cfg: FrontendConfig, label: str = "audio") -> np.ndarray:
@@ -280,12 +349,12 @@ def to_model_rate(samples: np.ndarray, rate: int, cfg: FrontendConfig, label: st
     samples first). Empty and non-finite clips are passed on unresampled for ``validate``
     to report.
     """
-    mono = to_mono_float(samples)
+    mono = to_mono_float(samples, label)
     if rate == cfg.sample_rate or mono.size == 0:
         return mono
     if rate > 0 and mono.size * cfg.sample_rate > (cfg.max_samples + 1) * rate:
         raise AudioError(_too_long(label, mono.size / rate, cfg))
-    if samples.dtype == np.int16 or np.isfinite(_finite_peak(mono)):
+    if samples.dtype.kind == "i" or np.isfinite(_finite_peak(mono)):
         return resample(mono, rate, cfg.sample_rate)
     return mono
 

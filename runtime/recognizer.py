@@ -50,6 +50,8 @@ class EmotionRecognizer:
     """A model folder loaded on one engine."""
 
     def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
         self.spec = spec
         self.engine = engine
         self.max_batch = max_batch
@@ -79,6 +81,8 @@ class EmotionRecognizer:
         Raises:
             ModelFolderError: missing files, malformed spec or a hash mismatch.
             EngineUnavailableError: the engine, device or precision cannot run here.
+            ValueError: an engine, precision or device name that does not exist, or a
+                ``max_batch`` / ``threads`` below 1.
         """
         spec = load_spec(model_dir, verify=verify)
         return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
@@ -108,10 +112,16 @@ class EmotionRecognizer:
         return to_model_rate(samples, rate, self.spec.frontend, label), label
 
     def _check(self, staged: tuple | None, text: str | None, name: str | None) -> Item:
-        """``prepare``'s second step: check and trim the clip (``check_clip``), check the text."""
+        """``prepare``'s second step: check and trim the clip (``check_clip``), check the text.
+        A blank transcript (an ASR's answer to no words) is no text: the model's learned
+        "missing text" input, not an empty sequence it never saw in training."""
         clip = None if staged is None else check_clip(staged[0], self.spec.frontend, staged[1])
         if text is not None:
-            self.encoder.check(text, f"{name} text" if name else "text")
+            label = f"{name} text" if name else "text"
+            if not self.encoder.check(text, label).strip():
+                if clip is None:
+                    raise TextError(f"{label} is blank and there is no audio; give audio, or a transcript with words")
+                text = None
         return Item(clip, text)
 
     def build_feed(self, items: Sequence[Item]) -> dict[str, np.ndarray]:

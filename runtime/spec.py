@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 from importlib import metadata
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime.errors import ModelFolderError
@@ -101,6 +102,14 @@ def verify_files(root: Path, files: dict[str, str], required: tuple[str, ...] = 
         raise ModelFolderError(f"model folder {root} failed verification: " + "; ".join(problems))
 
 
+def _inside(name: object) -> bool:
+    """Whether ``name`` is a plain relative path within the model folder."""
+    if not isinstance(name, str) or not name or "\\" in name or ":" in name:  # no Windows drives or separators
+        return False
+    path = PurePosixPath(name)
+    return not path.is_absolute() and ".." not in path.parts
+
+
 def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> ModelSpec:
     """Read ``spec.json`` from ``model_dir`` (None: the bundled weights), checking hashes."""
     root = Path(model_dir) if model_dir is not None else BUNDLED_MODEL_DIR
@@ -109,6 +118,8 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
         raise ModelFolderError(f"{root} is not a model folder: {SPEC_FILE} not found")
     try:
         raw = json.loads(spec_path.read_text())
+        if not isinstance(raw, dict):
+            raise ModelFolderError(f"{spec_path} is malformed: the top level is a {type(raw).__name__}, not an object")
         if raw.get("format") != FORMAT:
             raise ModelFolderError(f"{spec_path}: format {raw.get('format')!r} is not {FORMAT!r}")
         text = raw["text"]
@@ -126,8 +137,15 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
         )
     except ModelFolderError:
         raise
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ModelFolderError(f"{spec_path} is malformed: {e!r}") from e
+    bad_t = {m: t for m, t in spec.temperature.items() if not 0 < t < math.inf}
+    if bad_t:
+        raise ModelFolderError(f"{spec_path} is malformed: calibration temperatures must be positive and finite, got {bad_t}")
+    names = {spec.tokenizer_file, *spec.files, *(f for v in spec.graphs.values() for f in v.values()), *([raw["weights"]] if "weights" in raw else [])}
+    outside = sorted(n for n in names if not _inside(n))
+    if outside:
+        raise ModelFolderError(f"{spec_path} is malformed: files must be named relative to the folder, inside it: {outside}")
     if verify:
         verify_files(root, spec.files, required=(spec.tokenizer_file,))
     return spec

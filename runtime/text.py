@@ -53,6 +53,18 @@ def _bert_layout(config: dict) -> tuple[int, int] | None:
     return None
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, e.g. from JSON's ``"\\udfff"``
+    or undecodable command-line bytes), or None. The tokenizer cannot take such text."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"it is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at character {e.start} (send UTF-8 text)"
+    return None
+
+
 class TextEncoder:
     """Batched WordPiece encoding into padded id arrays and lengths."""
 
@@ -83,6 +95,9 @@ class TextEncoder:
             raise TextError(f"{name} must be a string or None, got {type(text).__name__}")
         if len(text) > self.max_chars:
             raise TextError(f"{name} is {len(text)} characters long; the maximum is {self.max_chars}")
+        problem = unicode_problem(text)
+        if problem:
+            raise TextError(f"{name} cannot be read: {problem}")
         return text
 
     def clear_cache(self) -> None:

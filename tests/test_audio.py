@@ -264,9 +264,76 @@ def test_too_long_clips_are_rejected_before_resampling(monkeypatch):
     monkeypatch.setattr(audio, "resample", no_resampling)
     # 2000 bytes of WAV claiming 1 Hz: 1000 s, which would be 16 M samples at 16 kHz
     tiny_rate = _riff((b"fmt ", _fmt(1, 1)), (b"data", (np.arange(1000, dtype=np.int16) * 30).tobytes()))
-    with pytest.raises(AudioError, match="is 1000.0 s long; the maximum is 30.0 s"):
+    with pytest.raises(AudioError, match="is 1000 s long; the maximum is 30.0 s"):
         load_audio(tiny_rate, CFG)
-    with pytest.raises(AudioError, match="is 31.0 s long"):
+    with pytest.raises(AudioError, match="is 31 s long"):
         load_audio(np.tile(speechlike(1.0, sr=8000), 31), CFG, sample_rate=8000)
     monkeypatch.undo()
     assert load_audio(np.tile(speechlike(1.0, sr=8000), 30), CFG, sample_rate=8000).size <= CFG.max_samples
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+@pytest.mark.parametrize("rate, ok", [
+    (16000, True), (16000.0, True), (np.int32(16000), True), (np.float64(8000.0), True), (1, True), (1_000_000, True),
+    (0, False), (-16000, False), (0.5, False), (16000.7, False), (float("nan"), False), (float("inf"), False),
+    (True, False), ("16000", False), ([16000], False), (2**31, False), (2**46, False), (10**400, False),
+])  # fmt: skip
+def test_sample_rate_must_be_a_whole_number_of_hz_in_range(rate, ok):
+    from runtime.audio import MAX_SAMPLE_RATE, check_rate
+
+    if ok:
+        assert check_rate(rate) == int(rate)
+        return
+    with pytest.raises(AudioError, match=f"whole number of Hz|between 1 and {MAX_SAMPLE_RATE}") as e:
+        check_rate(rate, "item 3")
+    assert str(e.value).startswith("item 3:") and len(str(e.value)) < 300  # 10**400 is not printed whole
+
+
+def test_too_loud_float_audio_is_named_not_turned_into_nan():
+    x = speechlike(1.0, seed=2)
+    with pytest.raises(AudioError, match="samples as large as 4.*float audio is expected in"):
+        load_audio(x / np.abs(x).max() * 4e19, CFG, sample_rate=16000)
+    with pytest.raises(AudioError, match="samples as large as 1e\\+300"):  # finite in float64, inf in float32
+        load_audio(x.astype(np.float64) / np.abs(x).max() * 1e300, CFG, sample_rate=16000)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        load_audio(np.where(np.arange(x.size) == 7, np.inf, x), CFG, sample_rate=16000)
+    loud = load_audio(x / np.abs(x).max() * 2.0**30, CFG, sample_rate=16000)  # integer-scaled floats still work
+    assert np.isfinite(loud).all()
+
+
+@pytest.mark.parametrize("shape", [(16000, 0), (0, 2), (0,), (0, 0)])
+def test_arrays_without_samples_are_empty(shape):
+    with pytest.raises(AudioError, match="is empty"):
+        load_audio(np.zeros(shape, np.float32), CFG, sample_rate=16000)
+
+
+def test_big_endian_int16_equals_little_endian():
+    x = (speechlike(1.0, seed=3) * 20000).astype("<i2")
+    np.testing.assert_array_equal(load_audio(x.astype(">i2"), CFG, sample_rate=16000), load_audio(x, CFG, sample_rate=16000))
+
+
+def test_unreadable_paths_and_types_are_audio_errors():
+    from runtime.audio import read_audio
+
+    with pytest.raises(AudioDecodeError, match="cannot open audio file"):
+        load_audio("a" * 5000, CFG)
+    with pytest.raises(AudioDecodeError, match="no such audio file|cannot open audio file"):
+        load_audio("clip\0.wav", CFG)
+    with pytest.raises(AudioError, match="item 4: audio of type int is not supported"):
+        read_audio(5, name="item 4")
+
+
+def test_decoding_stops_at_max_decoded_samples(monkeypatch):
+    """A small file that decodes to too many samples (channels x rate x length) is refused
+    once that many are read, whatever its header claims."""
+    from runtime import audio
+
+    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 100_000)
+    four = np.tile(speechlike(2.0, seed=4)[:, None], (1, 4))  # 4 channels x 32000 frames = 128000 samples
+    for fmt in ("FLAC", "OGG"):
+        with pytest.raises(AudioError, match="decodes to more than 100000 samples \\(4 channels at 16000 Hz\\)"):
+            audio.decode(encode(four, 16000, fmt), "bomb")
+    samples, _ = audio.decode(encode(four[:24000], 16000, "FLAC"))  # 96000 samples: fine
+    assert samples.shape == (24000, 4)

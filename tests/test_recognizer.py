@@ -157,6 +157,56 @@ def test_pruned_folder_loads_the_engine_whose_files_it_keeps(tiny_model_dir, tmp
         EmotionRecognizer.load(weights_only, engine="torch")
 
 
+def test_text_that_is_not_unicode_is_a_text_error(rec):
+    """A lone surrogate (JSON's "\\udfff", undecodable command-line bytes) is refused by
+    name before batching; the tokenizer would fail the whole batch on it."""
+    with pytest.raises(TextError, match="item 1 text cannot be read: .*lone surrogate U\\+DFFF at character 2"):
+        rec.predict(text=["fine", "x \udfff", "also fine"])
+    assert rec.predict(text="caf\u00e9 \u2615 \U0001f600").label in rec.labels
+
+
+def test_blank_transcript_is_no_text(rec):
+    clip = speechlike(1.0, seed=6)
+    alone = rec.predict(audio=clip, sample_rate=16000)
+    for blank in ("", "   ", "\n\t"):
+        pred = rec.predict(audio=clip, text=blank, sample_rate=16000)
+        assert pred.modalities == ("audio",) and pred.scores == alone.scores
+    with pytest.raises(TextError, match="item 1 text is blank and there is no audio"):
+        rec.predict(text=["fine", "  "])
+
+
+def test_loudest_accepted_audio_gives_finite_scores(rec):
+    from runtime.audio import MAX_PEAK
+
+    x = speechlike(1.0, seed=5)
+    pred = rec.predict(audio=x / np.abs(x).max() * MAX_PEAK, sample_rate=16000)
+    assert all(np.isfinite(v) for v in pred.scores.values())
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda spec: [spec], "top level is a list"),
+    (lambda spec: {**spec, "calibration": {"temperature": {"audio": 0.0}}}, "temperatures must be positive"),
+    (lambda spec: {**spec, "calibration": {"temperature": {"text": float("nan")}}}, "temperatures must be positive"),
+    (lambda spec: {**spec, "files": {**spec["files"], "../outside.bin": "0" * 64}}, "inside it: \\['../outside.bin'\\]"),
+    (lambda spec: {**spec, "graphs": {"fused": {"fp32": "/etc/passwd"}}}, "inside it: \\['/etc/passwd'\\]"),
+])
+def test_malformed_spec_is_a_model_folder_error(tiny_model_dir, tmp_path, edit, match):
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    spec = json.loads((bad / "spec.json").read_text())
+    (bad / "spec.json").write_text(json.dumps(edit(spec)))
+    with pytest.raises(ModelFolderError, match=match):
+        EmotionRecognizer.load(bad)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"max_batch": 0}, "max_batch must be an int >= 1"), ({"max_batch": -1}, "max_batch"), ({"threads": -1}, "threads must be >= 1"),
+])
+def test_bad_load_options_are_value_errors(tiny_model_dir, kw, match):
+    with pytest.raises(ValueError, match=match):
+        EmotionRecognizer.load(tiny_model_dir, engine="ort", **kw)
+
+
 def test_unknown_engine_and_missing_precision(tiny_model_dir):
     with pytest.raises(ValueError, match="engine must be one of"):
         EmotionRecognizer.load(tiny_model_dir, engine="nope")

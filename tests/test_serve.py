@@ -31,11 +31,12 @@ from benchmarks import loadgen
 from benchmarks.loadgen import speechlike, wav_bytes
 from runtime.errors import ModelFolderError
 from runtime.recognizer import EmotionRecognizer
-from runtime.server.app import create_app
+from runtime.server.app import STATE, create_app
 from runtime.server.limits import ServeConfig
 from runtime.server.runner import BackgroundServer
 from runtime.server.vad import SileroVad
 from runtime.spec import load_spec
+from tests.helpers import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EMOTECH_DATA", ROOT.parent / "shared" / "data"))
@@ -278,6 +279,17 @@ BIG = 10 * 1024 * 1024 + 1024
     ("silent", {"audio": "SILENT"}, 422, "invalid_audio", None),
     ("too short", {"audio": "SHORT"}, 422, "invalid_audio", None),
     ("wrong content type", {"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type", None),
+    ("lone surrogate", {"data": b'{"text": "x \\udfff"}', "headers": {"Content-Type": "application/json"}}, 422, "invalid_text", None),
+    ("5000-digit number", {"data": b'{"text": ' + b"9" * 5000 + b"}", "headers": {"Content-Type": "application/json"}}, 400,
+     "invalid_json", None),
+    ("deep nesting", {"data": b"[" * 100_000 + b"]" * 100_000, "headers": {"Content-Type": "application/json"}}, 400, "invalid_json", None),
+    ("form without boundary", {"data": b"xx", "headers": {"Content-Type": "multipart/form-data"}}, 400, "invalid_form", None),
+    ("form of garbage", {"data": b"garbage", "headers": {"Content-Type": "multipart/form-data; boundary=abc"}}, 400, "invalid_form", None),
+    ("truncated form", {"data": b'--abc\r\nContent-Disposition: form-data; name="text"\r\n\r\nhel',
+                        "headers": {"Content-Type": "multipart/form-data; boundary=abc"}}, 400, "invalid_form", None),
+    ("form field not UTF-8", {"data": b'--abc\r\nContent-Disposition: form-data; name="text"\r\n\r\ncaf\xe9\r\n--abc--\r\n',
+                              "headers": {"Content-Type": "multipart/form-data; boundary=abc"}}, 400, "invalid_form", None),
+    ("too loud", {"audio": "LOUD"}, 422, "invalid_audio", None),
 ])
 def test_bad_input_gets_its_4xx(server, recognizer, case, kw, status, code, limit):
     kw = dict(kw)
@@ -287,6 +299,8 @@ def test_bad_input_gets_its_4xx(server, recognizer, case, kw, status, code, limi
         kw["audio"] = wav_bytes(np.zeros(SR, np.float32))
     elif kw.get("audio") == "SHORT":
         kw["audio"] = wav_bytes(speechlike(0.1, seed=1))
+    elif kw.get("audio") == "LOUD":
+        kw["audio"] = encode(speechlike(1.0, seed=1) * 1e20, SR, "WAV", "FLOAT")
     if case == "text too long":
         kw["text"] = "x" * (recognizer.spec.max_text_chars + 1)
     got, _, body = call("POST", server.url + "/v1/recognize", **kw)
@@ -358,6 +372,7 @@ def test_health_model_metrics_openapi(server, recognizer):
     assert model["engine"] == "ort" and model["precision"] == "fp32"
     assert model["files"] == recognizer.spec.files and model["versions"] == recognizer.spec.raw.get("versions", {})
     assert model["server"]["max_batch"] == 32 and model["server"]["stream"]["available"] is True
+    assert call("POST", server.url + "/v1/recognize", text="what a day")[0] == 200  # one of each stage, also when run alone
     text = call("GET", server.url + "/metrics")[2]
     for name in ("emotech_requests_total", "emotech_stage_seconds_bucket", "emotech_batch_size_bucket", "emotech_queue_depth",
                  "process_resident_memory_bytes"):
@@ -397,6 +412,93 @@ def test_config_validation():
         ServeConfig(max_batch=0)
     with pytest.raises(ValueError, match="api_key"):
         ServeConfig(api_key="short")
+    for bad in ({"timeout_s": float("nan")}, {"timeout_s": float("inf")}, {"max_audio_seconds": -5.0}, {"max_audio_seconds": 0.0},
+                {"max_text_chars": 0}, {"max_text_chars": -1}, {"max_stream_seconds": 0.0}, {"drain_timeout_s": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServeConfig(**bad)
+
+
+def raw_http(url: str, request: bytes, wait: float = 10.0) -> bytes:
+    """Send raw bytes to the server; return its first response (headers and a body of its
+    Content-Length), or what arrived within ``wait`` seconds."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(request)
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+                head, sep, body = reply.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                if sep and length and len(body) >= int(length.group(1)):
+                    break
+        except TimeoutError:
+            pass
+        return reply
+
+
+def test_bad_text_in_a_batch_fails_only_its_own_request(server):
+    good = {"text": "what a lovely day"}
+    results = call_many(server.url, [good] * 6 + [{"json_body": {"text": "x \udfff"}}] + [good] * 6)
+    assert [status for status, _, _ in results] == [200] * 6 + [422] + [200] * 6
+
+
+def test_header_bytes_that_are_not_utf8_get_401_not_500(recognizer):
+    app = create_app(recognizer, ServeConfig(api_key="s3cret-key"), warm_up=False)
+    with BackgroundServer(app) as srv:
+        reply = raw_http(srv.url, b"GET /v1/model HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cr\xe9t-key\r\nConnection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+
+
+def test_a_body_that_never_arrives_gets_408(recognizer):
+    app = create_app(recognizer, ServeConfig(timeout_s=1.0), warm_up=False)
+    with BackgroundServer(app) as srv:
+        start = time.monotonic()
+        reply = raw_http(srv.url, b"POST /v1/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: 100\r\nConnection: close\r\n\r\n{\"text\": ", wait=10.0)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"request_timeout" in reply and time.monotonic() - start < 5.0
+
+
+def test_audio_that_decodes_too_large_gets_413_before_decoding(server, monkeypatch):
+    from runtime import audio
+
+    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 100_000)
+    four = np.tile(speechlike(2.0, seed=4)[:, None], (1, 4))  # 128000 samples
+    status, _, body = call("POST", server.url + "/v1/recognize", audio=encode(four, SR, "OGG"))
+    assert status == 413 and body["error"]["code"] == "audio_too_large" and body["error"]["max"] == 100_000
+
+
+def test_text_only_requests_do_not_wait_for_the_decode_pool(recognizer):
+    """Text alone is checked on the event loop: audio stuck in decoding does not hold it up."""
+    app = create_app(recognizer, ServeConfig(decode_threads=1), warm_up=False)
+    with BackgroundServer(app) as srv:
+        state = app[STATE]
+        blocker = threading.Event()
+        state.pool.submit(blocker.wait, 10.0)  # the only decode thread is busy
+        try:
+            start = time.monotonic()
+            status, _, body = call("POST", srv.url + "/v1/recognize", text="what a day")
+            assert status == 200 and time.monotonic() - start < 5.0, body
+        finally:
+            blocker.set()
+
+
+def test_stream_keeps_only_the_last_max_text_chars_of_waiting_transcripts(recognizer):
+    from types import SimpleNamespace
+
+    from runtime.server.stream import StreamSession
+
+    session = StreamSession.__new__(StreamSession)
+    session.state, session.text = SimpleNamespace(max_text_chars=50), []
+    sent = [f"part {i} of the transcript" for i in range(1000)]
+    for t in sent:
+        session.text.append(t)
+        session._cap_text()
+        assert sum(len(x) + 1 for x in session.text) <= 50 + 1 + len(t) + 1
+    assert " ".join(session.text)[-50:] == " ".join(sent)[-50:]
 
 
 # ------------------------------------------------------------------ stream
@@ -464,9 +566,11 @@ def test_stream_two_ravdess_utterances_give_two_results(server, recognizer):
 
 def test_stream_reports_bad_frames_and_keeps_going(server):
     audio = np.concatenate([quiet(0.3), speechlike(1.2, seed=1), quiet(0.6)])
-    messages = stream(server.url, audio, extra=[b"\x00\x01\x02", "not json"])
+    bad = [b"\x00\x01\x02", "not json", "9" * 5000, "[" * 100_000 + "]" * 100_000,
+           json.dumps({"type": "transcript", "text": "x \udfff"})]
+    messages = stream(server.url, audio, extra=bad)
     errors = [m for m in messages if m["type"] == "error"]
-    assert [e["error"]["code"] for e in errors] == ["bad_frame", "bad_message"]
+    assert [e["error"]["code"] for e in errors] == ["bad_frame", "bad_message", "bad_message", "bad_message", "invalid_text"]
     assert sum(m["type"] == "result" for m in messages) == 1
 
 

@@ -32,7 +32,7 @@ def _softmax(z):
 
 def _items(rec):
     """Audio+text, audio-only and text-only items of different lengths (padding is exercised)."""
-    specs = [(2.7, "I can't believe you did that"), (0.6, None), (None, "so happy for you"), (1.4, "ok"), (None, "")]
+    specs = [(2.7, "I can't believe you did that"), (0.6, None), (None, "so happy for you"), (1.4, "ok"), (None, ".")]
     return [
         rec.prepare(audio=speechlike(s, seed=i, f0=120 + 20 * i), text=t, sample_rate=16000) if s else rec.prepare(text=t)
         for i, (s, t) in enumerate(specs)

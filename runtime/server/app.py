@@ -49,16 +49,32 @@ class ServerState:
         self.ready = False  # set after warm-up, cleared when draining
         self.streams: set = set()  # open StreamSession objects
 
-    async def prepare(self, audio: bytes | np.ndarray | None, text: str | None, sample_rate: int | None = None) -> tuple[Item, float]:
-        """Decode and validate off the event loop; returns (item, seconds it took)."""
+    async def prepare(self, audio: bytes | np.ndarray | None, text: str | None, sample_rate: int | None = None,
+                      deadline: float | None = None) -> tuple[Item, float]:
+        """Decode and validate audio on the decode pool (text alone here: a length check),
+        by ``deadline`` (``time.monotonic()``; 504 after it); returns (item, seconds it took)."""
         start = time.perf_counter()
         try:
-            item = await asyncio.get_running_loop().run_in_executor(self.pool, self.recognizer.prepare, audio, text, sample_rate)
+            if audio is None:
+                item = self.recognizer.prepare(None, text)
+            else:
+                job = asyncio.get_running_loop().run_in_executor(self.pool, self._prepare_audio, audio, text, sample_rate)
+                timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                item = await asyncio.wait_for(job, timeout)
         except EmotionError as e:
             raise limits.from_emotion_error(e) from e
+        except asyncio.TimeoutError as e:
+            raise ApiError(504, "timeout", f"the audio was not decoded within {self.config.timeout_s:g} s", "timeout_s",
+                           self.config.timeout_s) from e
         decode_s = time.perf_counter() - start
         self.metrics.stage.observe(decode_s, "decode")
         return item, decode_s
+
+    def _prepare_audio(self, audio: bytes | np.ndarray, text: str | None, sample_rate: int | None) -> Item:
+        """The decode pool's job: the header checks of encoded audio, then ``prepare``."""
+        if isinstance(audio, (bytes, bytearray)):
+            limits.check_audio_duration(bytes(audio), self.max_audio_seconds)
+        return self.recognizer.prepare(audio, text, sample_rate)
 
     async def infer(self, item: Item, deadline: float) -> BatchResult:
         """Queue ``item`` for the next batch and wait for its result until ``deadline``
@@ -115,13 +131,15 @@ def endpoint_of(request: web.Request) -> str:
 async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Auth, JSON errors, request counting and the in-flight gauge."""
     state = request.app[STATE]
-    state.in_flight += 1
+    counted = request.path != "/v1/stream"  # open streams have their own gauge
+    state.in_flight += counted
     status = 500
     try:
         key = state.config.api_key
         if key and request.path != "/healthz":
             given = request.headers.get("Authorization", "")
-            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())):
+            # surrogatepass: a header's undecodable bytes arrive as lone surrogates
+            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode("utf-8", "surrogatepass"), key.encode())):
                 raise ApiError(401, "unauthorized", "missing or wrong API key; send 'Authorization: Bearer <key>'",
                                headers={"WWW-Authenticate": "Bearer"})
         response = await handler(request)
@@ -144,7 +162,7 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"error": {"code": "internal_error", "message": "internal server error"}}, 500)
     finally:
-        state.in_flight -= 1
+        state.in_flight -= counted
         endpoint = endpoint_of(request)
         if endpoint != "/v1/stream":  # the stream counts its segments itself
             state.metrics.requests.inc(endpoint, str(status))
@@ -153,13 +171,25 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
 # ----------------------------------------------------------------------- handlers
 
 
+def parse_json(data: bytes | str) -> object:
+    """``json.loads``, raising ``ApiError`` 400 for anything it cannot take: bad syntax or
+    UTF-8, an integer of over 4300 digits, nesting deep enough to exhaust the stack."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {str(e)[:200]}") from e
+
+
 async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | None, object]:
     """(audio bytes or None, text or None) from a multipart or JSON body."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise limits.body_too_large(max_bytes, request.content_length)
     ctype = request.content_type
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: text-only forms
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError as e:  # no or wrong boundary, a truncated body, a field that is not UTF-8
+            raise ApiError(400, "invalid_form", f"body is not a valid {ctype} form: {e}") from e
         audio = form.get("audio")
         text = form.get("text")
         if audio is not None and not isinstance(audio, (str, bytes)):
@@ -170,10 +200,7 @@ async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | No
             raise ApiError(400, "invalid_text", "the 'text' field must be a plain form field, not a file")
         return audio, text
     if ctype == "application/json":
-        try:
-            body = json.loads(await request.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}") from e
+        body = parse_json(await request.read())
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", "body must be a JSON object {\"audio_b64\": ..., \"text\": ...}")
         audio_b64 = body.get("audio_b64")
@@ -194,13 +221,15 @@ async def recognize(request: web.Request) -> web.Response:
     state = request.app[STATE]
     start = time.perf_counter()
     deadline = time.monotonic() + state.config.timeout_s
-    audio, text = await read_request(request, state.config.max_body_bytes)
+    try:  # a client that sends its body slowly gets the same deadline as everyone
+        audio, text = await asyncio.wait_for(read_request(request, state.config.max_body_bytes), state.config.timeout_s)
+    except asyncio.TimeoutError as e:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {state.config.timeout_s:g} s",
+                       "timeout_s", state.config.timeout_s) from e
     text = limits.check_text(text, state.max_text_chars)
     if audio is None and text is None:
         raise ApiError(400, "missing_input", "send an 'audio' file, a 'text' field, or both")
-    if audio is not None:
-        limits.check_audio_duration(audio, state.max_audio_seconds)
-    item, decode_s = await state.prepare(audio, text)
+    item, decode_s = await state.prepare(audio, text, deadline=deadline)
     result = await state.infer(item, deadline)
     total_s = time.perf_counter() - start
     state.metrics.stage.observe(total_s, "total")

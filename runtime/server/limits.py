@@ -7,11 +7,12 @@ knob the operator controls.
 
 from __future__ import annotations
 
-import io
 import ipaddress
+import math
 from dataclasses import dataclass
 
 from runtime.errors import AudioDecodeError, AudioError, EmotionError, TextError
+from runtime.text import unicode_problem
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,14 @@ def validate_config(cfg: ServeConfig) -> None:
         raise ValueError(f"max_delay_ms must be in [0, 10000], got {cfg.max_delay_ms}")
     if cfg.max_queue < 1:
         raise ValueError(f"max_queue must be >= 1, got {cfg.max_queue}")
-    if cfg.timeout_s <= 0 or cfg.drain_timeout_s < 0:
-        raise ValueError("timeout_s must be > 0 and drain_timeout_s >= 0")
+    if not (0 < cfg.timeout_s < math.inf and 0 <= cfg.drain_timeout_s < math.inf):
+        raise ValueError(f"timeout_s must be > 0 and drain_timeout_s >= 0 (finite), got {cfg.timeout_s} and {cfg.drain_timeout_s}")
+    if not 0 < cfg.max_stream_seconds < math.inf:
+        raise ValueError(f"max_stream_seconds must be > 0 (finite), got {cfg.max_stream_seconds}")
+    if cfg.max_audio_seconds is not None and not 0 < cfg.max_audio_seconds < math.inf:
+        raise ValueError(f"max_audio_seconds must be > 0 (finite), or None for the model's, got {cfg.max_audio_seconds}")
+    if cfg.max_text_chars is not None and cfg.max_text_chars < 1:
+        raise ValueError(f"max_text_chars must be >= 1, or None for the model's, got {cfg.max_text_chars}")
     if cfg.max_body_bytes < 1024:
         raise ValueError(f"max_body_bytes must be >= 1024, got {cfg.max_body_bytes}")
     if not 0 <= cfg.port <= 65535:
@@ -97,22 +104,30 @@ def check_text(text: object, max_chars: int) -> str | None:
     if len(text) > max_chars:
         raise ApiError(413, "text_too_long", f"text is {len(text)} characters long; the maximum is {max_chars}",
                        "max_text_chars", max_chars)
+    problem = unicode_problem(text)
+    if problem:
+        raise ApiError(422, "invalid_text", f"text cannot be read: {problem}")
     return text
 
 
 def check_audio_duration(data: bytes, max_seconds: float) -> None:
-    """Reject encoded audio longer than ``max_seconds`` from its header alone, before
-    decoding it. Audio whose header cannot be read is left for the decoder to reject."""
-    import soundfile as sf
+    """Reject encoded audio longer than ``max_seconds``, or that would decode to more than
+    ``runtime.audio.MAX_DECODED_SAMPLES``, from its header alone, before decoding it. Audio
+    whose header cannot be read, or gives no length (a FLAC stream's), is left to the
+    decoder, which stops reading at that size."""
+    from runtime.audio import MAX_DECODED_SAMPLES, probe
 
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - any header failure is reported by the decoder instead
+    header = probe(data)
+    if header is None or header[0] is None or header[1] <= 0:
         return
-    if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
-        seconds = info.frames / info.samplerate
-        raise ApiError(413, "audio_too_long", f"audio is {seconds:.1f} s long; the maximum is {max_seconds:g} s "
+    frames, rate, channels = header
+    if frames / rate > max_seconds:
+        raise ApiError(413, "audio_too_long", f"audio is {frames / rate:.6g} s long; the maximum is {max_seconds:g} s "
                        "(split long recordings, e.g. with /v1/stream)", "max_audio_seconds", max_seconds)
+    if frames * channels > MAX_DECODED_SAMPLES:
+        raise ApiError(413, "audio_too_large", f"audio decodes to {frames * channels} samples ({channels} channels at {rate} Hz); "
+                       f"at most {MAX_DECODED_SAMPLES} are accepted (30 s at 48 kHz with 16 channels): downmix it",
+                       "max_decoded_samples", MAX_DECODED_SAMPLES)
 
 
 def from_emotion_error(e: EmotionError) -> ApiError:

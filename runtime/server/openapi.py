@@ -71,11 +71,13 @@ def schema() -> dict:
                 }},
                 "responses": {
                     "200": {"description": "the prediction", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
-                    "400": _error("malformed request: no input, bad JSON or base64, text not a string"),
+                    "400": _error("malformed request: no input, bad JSON, form or base64, text not a string"),
                     "401": _error("missing or wrong API key"),
-                    "413": _error("a limit was exceeded: max_body_bytes, max_audio_seconds or max_text_chars"),
+                    "408": _error("the request body did not arrive within timeout_s"),
+                    "413": _error("a limit was exceeded: max_body_bytes, max_audio_seconds, max_decoded_samples or max_text_chars"),
                     "415": _error("undecodable audio, or a Content-Type other than multipart/form-data or application/json"),
-                    "422": _error("decodable but unusable audio: empty, silent, too short, non-finite"),
+                    "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a bad "
+                                  "sample rate; text that is not valid Unicode"),
                     "500": _error("the engine failed on this request's batch"),
                     "503": _error("queue full (see Retry-After) or shutting down"),
                     "504": _error("no result within timeout_s"),

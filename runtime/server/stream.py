@@ -86,7 +86,7 @@ class StreamSession:
         try:
             body = json.loads(data)
             kind = body.get("type") if isinstance(body, dict) else None
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # as app.parse_json: syntax, huge integers, deep nesting
             kind = None
         if kind == "end":
             self._finishing = True
@@ -95,11 +95,20 @@ class StreamSession:
                 text = limits.check_text(body.get("text"), self.state.max_text_chars)
                 if text:
                     self.text.append(text)
+                    self._cap_text()
             except ApiError as e:
                 await self.send({"type": "error", "error": e.body()["error"]})
         else:
             await self.send({"type": "error", "error": {"code": "bad_message", "message": (
                 'text frames must be JSON: {"type": "transcript", "text": ...} or {"type": "end"}')}})
+
+    def _cap_text(self) -> None:
+        """Keep at most the last ``max_text_chars`` characters of the transcripts waiting for
+        the next segment (what ``recognize`` would use of them): a client sending text and
+        no audio cannot grow the session without bound."""
+        limit = self.state.max_text_chars
+        if sum(len(t) + 1 for t in self.text) > limit + 1:
+            self.text = [" ".join(self.text)[-limit:]]
 
     async def segment(self, fn, *args) -> list[Segment]:
         """Run the VAD (``feed`` or ``flush``) on the decode pool, one call at a time."""
@@ -122,7 +131,7 @@ class StreamSession:
         head = {"type": "result", "segment": seg.index, "start_s": round(seg.start_s, 3), "end_s": round(seg.end_s, 3)}
         try:
             text = limits.check_text(text[-self.state.max_text_chars:] if text else None, self.state.max_text_chars)
-            item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE)
+            item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
             result = await self.state.infer(item, deadline)
         except ApiError as e:
             self.state.metrics.requests.inc(ENDPOINT, str(e.status))
