@@ -65,6 +65,7 @@ class Baseline:
         self.torch = torch
         self.device = device
         self.spec = load_spec(model_dir)
+        self.spec.require(self.spec.raw.get("weights", "model.safetensors"), "the PyTorch baseline")
         model, _ = load_torch_model(Path(model_dir))
         self.model = model.to(device).eval()
         self.cfg = model.frontend_cfg

@@ -12,7 +12,10 @@
 #          are listed as skipped), the librosa + PyTorch-eager baseline on the same GPU, batch
 #          sizes $BATCHES (default 1,8,64), 3-s clips and 12-word texts: OUT_DIR/latency.*
 #       3. the tests marked requires_cuda / requires_trt: OUT_DIR/tests.log
-#       Bounded by $LATENCY_TIMEOUT (default 420) and $TESTS_TIMEOUT (default 120) seconds.
+#       Bounded by $LATENCY_TIMEOUT (default 420) and $TESTS_TIMEOUT (default 120) seconds;
+#       latency.* are rewritten after the baseline and after each engine, so a run cut short
+#       keeps what it measured (marked partial). Exit status: 0, or 1 if a step failed or
+#       timed out (the logs say which).
 #
 #   bash benchmarks/gpu_rows.sh wheels DIR [PYTHON_VERSION]
 #       On a machine with a package registry: the manylinux x86_64 wheels of the packages a
@@ -32,9 +35,9 @@ MODULES="numpy:numpy onnxruntime:onnxruntime tokenizers:tokenizers soundfile:sou
 librosa:librosa safetensors:safetensors matplotlib:matplotlib psutil:psutil threadpoolctl:threadpoolctl pytest:pytest"
 # What `wheels` fetches: soundfile, soxr, librosa and the requirements of theirs such images lack.
 WHEELS="soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0 librosa==0.11.0 audioread==3.1.0 decorator==5.3.1
-pooch==1.9.0 platformdirs==4.14.9"
+pooch==1.9.0 platformdirs==4.14.9 lazy_loader==0.6 msgpack==1.2.4"
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 check_imports() {
     local missing=()
@@ -59,11 +62,11 @@ run() {
     check_imports
     { nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >"$out/env.txt" 2>&1
     local rc=0
-    timeout "${LATENCY_TIMEOUT:-420}" python3 -m benchmarks.latency --engine torch,ort,trt --precision fp32,fp16,int8 --device cuda \
+    timeout -k 10 "${LATENCY_TIMEOUT:-420}" python3 -m benchmarks.latency --engine torch,ort,trt --precision fp32,fp16,int8 --device cuda \
         --batch "${BATCHES:-1,8,64}" --audio-seconds 3 --text-words 12 --retries 1 --max-other-cpu 50 --out "$out" \
-        2>&1 | tee "$out/latency.log" || rc=1
-    timeout "${TESTS_TIMEOUT:-120}" python3 -m pytest -q -p no:cacheprovider -m "requires_cuda or requires_trt" -rs tests \
-        2>&1 | tee "$out/tests.log" || rc=1
+        2>&1 | tee "$out/latency.log" || { rc=1; echo "gpu_rows: the latency run failed or timed out (exit ${PIPESTATUS[0]})" >&2; }
+    timeout -k 10 "${TESTS_TIMEOUT:-120}" python3 -m pytest -q -p no:cacheprovider -m "requires_cuda or requires_trt" -rs tests \
+        2>&1 | tee "$out/tests.log" || { rc=1; echo "gpu_rows: the GPU tests failed or timed out (exit ${PIPESTATUS[0]})" >&2; }
     return $rc
 }
 

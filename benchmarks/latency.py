@@ -373,8 +373,10 @@ def load_baseline(args: argparse.Namespace, skipped: list[dict]):
         return None
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Measure everything ``args`` asks for; returns the report (not yet written)."""
+def run(args: argparse.Namespace, checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """Measure everything ``args`` asks for; returns the report (not yet written).
+    ``checkpoint`` gets the report so far (``complete: False``) after the baseline and
+    after each engine, so a run cut short keeps what it measured."""
     validate_args(args)
     batches = _csv(args.batch, int)
     budget = QUICK if args.quick else replace(FULL, max_other_pct=args.max_other_cpu, retries=args.retries)
@@ -386,10 +388,15 @@ def run(args: argparse.Namespace) -> dict:
     described: list[dict] = []
     sample_rate = None
     workloads = {b: make_requests(Workload(b, args.audio_seconds, args.text_words, args.input_rate, args.seed)) for b in batches}
+
+    def assemble(complete: bool) -> dict:
+        return _report(args, budget, batches, dict(info), list(rows), list(described), list(agree), list(skipped), sample_rate, complete)
     with tempfile.TemporaryDirectory() as tmp, TegraStats() as tegra:
         if base is not None:
             for batch in batches:
                 rows += baseline_rows(base, args.device, *workloads[batch], budget, args.audio_seconds)
+            if checkpoint and rows:
+                checkpoint(assemble(False))
         # One engine loaded at a time: idle sessions of other engines in the same process
         # (their thread pools) were measured to double an engine's batch-1 latency.
         for engine, precision in engine_configs(args):
@@ -410,8 +417,18 @@ def run(args: argparse.Namespace) -> dict:
             rec.close()
             del rec, fe
             gc.collect()
+            if checkpoint and rows:
+                checkpoint(assemble(False))
+        info["tegrastats"] = tegra.summary()
     info["loadavg_end"] = loadavg()
-    info["tegrastats"] = tegra.summary()
+    report = assemble(True)
+    if base is not None:
+        base.close()
+    return report
+
+
+def _report(args, budget, batches, info, rows, described, agree, skipped, sample_rate, complete: bool) -> dict:
+    """The report of what ``run`` has measured so far."""
     settings = {
         "profile": args.profile, "engines": _csv(args.engine), "precisions": _csv(args.precision), "device": args.device, "batches": batches,
         "audio_seconds": args.audio_seconds, "text_words": args.text_words, "input_rate": args.input_rate,
@@ -432,9 +449,8 @@ def run(args: argparse.Namespace) -> dict:
         "targets": rep.targets(rows, ratio_rows, settings) if not args.quick else [],
         "agreement": agree,
         "skipped": skipped,
+        "complete": complete,
     }
-    if base is not None:
-        base.close()
     return report
 
 
@@ -451,11 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in argv)
     try:
-        report = run(args)
+        report = run(args, checkpoint=lambda partial: write({**partial, "command": command}, args.out))
     except ValueError as e:
         parser.error(str(e))
-    report["command"] = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in argv)
+    report["command"] = command
     if not report["results"]:
         print(
             "nothing was measured, no files written: " + "; ".join(f"{s['what']}: {s['reason']}" for s in report["skipped"]),

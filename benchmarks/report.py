@@ -127,6 +127,8 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
+        *([] if report.get("complete", True) else ["**Partial: written while the run was still going (or after it was cut short); "
+                                                    "rows and targets cover what had been measured.**", ""]),
         (
             f"Machine: {_machine_line(m)}. Threads: {json.dumps(m['threads'])}. "
             f"Load average (1/5/15 min) at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')}."

@@ -45,7 +45,10 @@ def update_files(model_dir: Path, spec: dict[str, Any] | None = None) -> dict[st
     names = {spec["weights"], spec["text"]["tokenizer"]}
     for variants in spec.get("graphs", {}).values():
         names.update(variants.values())
-    spec["files"] = {n: sha256_file(model_dir / n) for n in sorted(names) if (model_dir / n).is_file()}
+    # A file absent here keeps the hash it had (a pruned folder must not lose its record).
+    old = spec.get("files", {})
+    spec["files"] = {n: sha256_file(model_dir / n) if (model_dir / n).is_file() else old[n] for n in sorted(names)
+                     if (model_dir / n).is_file() or n in old}
     spec["versions"] = versions()
     write_spec(model_dir, spec)
     return spec

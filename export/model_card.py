@@ -97,7 +97,7 @@ def render(model_dir: Path) -> str:
     tr = spec.get("training", {})
     fe = spec["frontend"]
     cal = spec["calibration"]
-    sizes = {name: (model_dir / name).stat().st_size for name in spec["files"]}
+    sizes = {name: (model_dir / name).stat().st_size for name in spec["files"] if (model_dir / name).is_file()}
     lines = [
         f"# Model card: {spec['name']}",
         "",
@@ -147,7 +147,8 @@ def render(model_dir: Path) -> str:
         "",
         "## Files",
         "",
-        *[f"- `{n}`: {sizes[n] / 1e6:.1f} MB, sha256 `{h[:16]}...`" for n, h in spec["files"].items()],
+        *[f"- `{n}`: " + (f"{sizes[n] / 1e6:.1f} MB" if n in sizes else "not in this folder") + f", sha256 `{h[:16]}...`"
+          for n, h in spec["files"].items()],
         "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in spec.get('versions', {}).items())}.",
         "",

@@ -48,7 +48,10 @@ _OPEN_LOCK = threading.Lock()
 MAX_DECODED_SAMPLES = 30 * 48_000 * 16
 MAX_SAMPLE_RATE = 1_000_000  # Hz; libsoxr does not return for rates from about 2^46
 UNKNOWN_FRAMES = 2**62  # libsndfile's frame count of a stream of unknown length is about 2^63
-MAX_PEAK = 2.0**31  # larger |samples| are rejected: the front-end's power spectrum would overflow float32
+# Larger |samples| are rejected: float audio belongs in [-1, 1], and far beyond it the
+# front-end's float32 power spectrum overflows (the shipped model's scores turn NaN near
+# 1e19). 2^31 leaves room for integer-scaled floats.
+MAX_PEAK = 2.0**31
 
 
 def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int] | None:
@@ -124,6 +127,8 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
             raise AudioDecodeError(f"{name}: audio bytes are empty")
         parsed = parse_pcm16_wav(data)
         if parsed is not None:
+            if parsed[0].size > MAX_DECODED_SAMPLES:  # no bigger in memory than the bytes, but the same rule
+                raise AudioError(_too_much(name, parsed[0].shape[1], parsed[1]))
             return parsed
         source: object = io.BytesIO(data if isinstance(data, bytes) else bytes(data))
     else:
@@ -151,9 +156,13 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
                 )
             dtype = "int16" if f.subtype in _INT16_SUBTYPES else "float32"
             # An explicit frame count (some codecs, GSM 6.10 and G.721 ADPCM, are not
-            # seekable), never more than one frame beyond MAX_DECODED_SAMPLES: the header's
-            # count may be a lie or "unknown" (a FLAC stream's 0).
+            # seekable), never more than one frame beyond MAX_DECODED_SAMPLES: a header that
+            # claims more is refused unread, and one that claims less than it holds is read
+            # only that far. (libsndfile cannot read a FLAC stream of unknown length, whose
+            # header says 0: it fails with an error that names it.)
             most = MAX_DECODED_SAMPLES // max(f.channels, 1)
+            if most < f.frames < UNKNOWN_FRAMES:
+                raise AudioError(_too_much(name, f.channels, f.samplerate))
             samples, rate = f.read(min(f.frames, most + 1), dtype=dtype, always_2d=True), f.samplerate
             if samples.shape[0] > most:
                 raise AudioError(_too_much(name, f.channels, rate))

@@ -50,12 +50,13 @@ class EmotionRecognizer:
     """A model folder loaded on one engine."""
 
     def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
-        if not isinstance(max_batch, int) or max_batch < 1:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+        max_batch = int(max_batch)
         self.spec = spec
         self.engine = engine
         self.max_batch = max_batch
-        self.encoder = TextEncoder(spec.path(spec.tokenizer_file), spec.max_tokens, spec.max_text_chars)
+        self.encoder = TextEncoder(spec.require(spec.tokenizer_file, "the text encoder"), spec.max_tokens, spec.max_text_chars)
         # Resampling (libsoxr) releases the GIL, so the clips of a list are resampled on
         # several cores (``prepare_many``); 1 = all in the calling thread.
         self.prepare_threads = max(1, prepare_threads if prepare_threads is not None else usable_cpus())
@@ -81,8 +82,8 @@ class EmotionRecognizer:
         Raises:
             ModelFolderError: missing files, malformed spec or a hash mismatch.
             EngineUnavailableError: the engine, device or precision cannot run here.
-            ValueError: an engine, precision or device name that does not exist, or a
-                ``max_batch`` / ``threads`` below 1.
+            ValueError: an engine, precision or device name that does not exist, a
+                ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
         """
         spec = load_spec(model_dir, verify=verify)
         return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
@@ -230,6 +231,7 @@ class EmotionRecognizer:
             **self.engine.describe(),
             "versions": self.spec.raw.get("versions", {}),
             "files": self.spec.files,
+            "missing_files": sorted(n for n in self.spec.files if not self.spec.path(n).is_file()),  # a pruned folder's
             "frontend": self.spec.frontend.to_dict(),
             "max_tokens": self.spec.max_tokens,
             "max_text_chars": self.spec.max_text_chars,

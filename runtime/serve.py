@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.max_body_mb < 1024 * 1024:  # NaN fails too
             raise ValueError(f"--max-body-mb must be > 0 and below 1048576, got {args.max_body_mb}")
-        if args.threads is not None and args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.threads is not None and args.threads < 0:
+            raise ValueError(f"--threads must be >= 1 (0: one per core), got {args.threads}")
         config = ServeConfig(
             host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
             timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,

@@ -142,10 +142,10 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
     bad_t = {m: t for m, t in spec.temperature.items() if not 0 < t < math.inf}
     if bad_t:
         raise ModelFolderError(f"{spec_path} is malformed: calibration temperatures must be positive and finite, got {bad_t}")
-    names = {spec.tokenizer_file, *spec.files, *(f for v in spec.graphs.values() for f in v.values()), *([raw["weights"]] if "weights" in raw else [])}
-    outside = sorted(n for n in names if not _inside(n))
+    names = [spec.tokenizer_file, *spec.files, *(f for v in spec.graphs.values() for f in v.values()), *([raw["weights"]] if "weights" in raw else [])]
+    outside = sorted({repr(n) for n in names if not _inside(n)})
     if outside:
-        raise ModelFolderError(f"{spec_path} is malformed: files must be named relative to the folder, inside it: {outside}")
+        raise ModelFolderError(f"{spec_path} is malformed: files must be named relative to the folder, inside it: {', '.join(outside)}")
     if verify:
         verify_files(root, spec.files, required=(spec.tokenizer_file,))
     return spec

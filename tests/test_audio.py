@@ -337,3 +337,19 @@ def test_decoding_stops_at_max_decoded_samples(monkeypatch):
             audio.decode(encode(four, 16000, fmt), "bomb")
     samples, _ = audio.decode(encode(four[:24000], 16000, "FLAC"))  # 96000 samples: fine
     assert samples.shape == (24000, 4)
+    wav = encode(four, 16000, "WAV", "PCM_16")  # the fast WAV parser keeps the same rule
+    assert audio.parse_pcm16_wav(wav) is not None
+    with pytest.raises(AudioError, match="decodes to more than 100000 samples"):
+        audio.decode(wav, "bomb")
+
+
+def test_a_header_claiming_too_much_is_refused_unread(monkeypatch):
+    """A FLAC header's frame count above the cap is refused before any audio is read."""
+    import soundfile as sf
+
+    from runtime import audio
+
+    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 100_000)
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("read a file whose header claims too much"))
+    with pytest.raises(AudioError, match="decodes to more than 100000 samples \\(4 channels"):
+        audio.decode(encode(np.tile(speechlike(2.0, seed=4)[:, None], (1, 4)), 16000, "FLAC"), "bomb")

@@ -65,6 +65,22 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsy
     md = (out / "latency.md").read_text()
     assert "| ort | fp32 | cpu | 2 |" in md and "## Agreement with the baseline" in md
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["complete"] is True and "Partial" not in md
+
+
+@requires_torch
+def test_a_run_cut_short_keeps_what_it_measured(tiny_model_dir):
+    """``run`` hands out the report after the baseline and after each engine."""
+    pytest.importorskip("librosa")
+    from benchmarks.latency import build_parser, run
+
+    args = build_parser().parse_args(["--model-dir", str(tiny_model_dir), "--engine", "ort,torch", "--batch", "1",
+                                      "--audio-seconds", "0.5", "--text-words", "4", "--quick"])
+    partials: list[dict] = []
+    final = run(args, checkpoint=partials.append)
+    assert [sorted({r["engine"] for r in p["results"]}) for p in partials] == [["baseline"], ["baseline", "ort"], ["baseline", "ort", "torch"]]
+    assert all(p["complete"] is False for p in partials) and final["complete"] is True
+    assert "**Partial" in rep.markdown({**partials[0], "command": "x"})
 
 
 def _has_gpu_stack() -> bool:
@@ -255,3 +271,19 @@ def test_profiles_preset_what_is_not_given():
     assert (args.engine, args.precision, args.device, args.batch) == ("ort", "fp32", "cpu", "1,8,32")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--profile", "laptop"])
+
+
+@requires_torch
+def test_a_pruned_folder_skips_the_baseline_and_measures_the_engine(tiny_model_dir, tmp_path):
+    import shutil
+
+    pytest.importorskip("librosa")
+    from benchmarks.latency import build_parser, run
+
+    pruned = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, pruned)
+    (pruned / "model.safetensors").unlink()
+    args = build_parser().parse_args(["--model-dir", str(pruned), "--batch", "1", "--audio-seconds", "0.5", "--text-words", "4", "--quick"])
+    report = run(args)
+    assert {r["engine"] for r in report["results"]} == {"ort"}
+    assert any("model.safetensors is missing" in s["reason"] for s in report["skipped"])

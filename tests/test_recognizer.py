@@ -136,6 +136,7 @@ def test_pruned_folder_loads_the_engine_whose_files_it_keeps(tiny_model_dir, tmp
     r = EmotionRecognizer.load(onnx_only, engine="ort")
     try:
         assert r.predict(text="what a day").label in r.labels
+        assert r.describe()["missing_files"] == ["model.safetensors"]
     finally:
         r.close()
     with pytest.raises(ModelFolderError, match=r"model.safetensors is missing, and engine 'torch' needs it \(spec.json lists it"):
@@ -155,6 +156,11 @@ def test_pruned_folder_loads_the_engine_whose_files_it_keeps(tiny_model_dir, tmp
         fh.write(b"\0")
     with pytest.raises(ModelFolderError, match="model.safetensors does not match its sha256"):
         EmotionRecognizer.load(weights_only, engine="torch")
+
+    from export.bundle import update_files  # the export tools keep a pruned file's record
+
+    before = json.loads((onnx_only / "spec.json").read_text())["files"]
+    assert update_files(onnx_only)["files"] == before
 
 
 def test_text_that_is_not_unicode_is_a_text_error(rec):
@@ -187,8 +193,10 @@ def test_loudest_accepted_audio_gives_finite_scores(rec):
     (lambda spec: [spec], "top level is a list"),
     (lambda spec: {**spec, "calibration": {"temperature": {"audio": 0.0}}}, "temperatures must be positive"),
     (lambda spec: {**spec, "calibration": {"temperature": {"text": float("nan")}}}, "temperatures must be positive"),
-    (lambda spec: {**spec, "files": {**spec["files"], "../outside.bin": "0" * 64}}, "inside it: \\['../outside.bin'\\]"),
-    (lambda spec: {**spec, "graphs": {"fused": {"fp32": "/etc/passwd"}}}, "inside it: \\['/etc/passwd'\\]"),
+    (lambda spec: {**spec, "files": {**spec["files"], "../outside.bin": "0" * 64}}, "inside it: '../outside.bin'"),
+    (lambda spec: {**spec, "graphs": {"fused": {"fp32": "/etc/passwd"}}}, "inside it: '/etc/passwd'"),
+    (lambda spec: {**spec, "graphs": {"fused": {"fp32": ["emotech.onnx"]}}}, "inside it: \\['emotech.onnx'\\]"),
+    (lambda spec: {**spec, "weights": None, "text": {**spec["text"], "tokenizer": 5}}, "inside it: 5, None"),
 ])
 def test_malformed_spec_is_a_model_folder_error(tiny_model_dir, tmp_path, edit, match):
     bad = tmp_path / "model"
@@ -200,11 +208,21 @@ def test_malformed_spec_is_a_model_folder_error(tiny_model_dir, tmp_path, edit, 
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"max_batch": 0}, "max_batch must be an int >= 1"), ({"max_batch": -1}, "max_batch"), ({"threads": -1}, "threads must be >= 1"),
+    ({"max_batch": 0}, "max_batch must be an int >= 1"), ({"max_batch": -1}, "max_batch"), ({"max_batch": True}, "max_batch"),
+    ({"threads": -1}, "threads must be >= 1"),
 ])
 def test_bad_load_options_are_value_errors(tiny_model_dir, kw, match):
     with pytest.raises(ValueError, match=match):
         EmotionRecognizer.load(tiny_model_dir, engine="ort", **kw)
+
+
+def test_numpy_max_batch_and_zero_threads_are_accepted(tiny_model_dir):
+    r = EmotionRecognizer.load(tiny_model_dir, engine="ort", max_batch=np.int64(4), threads=0)
+    try:
+        assert r.max_batch == 4 and type(r.max_batch) is int
+        assert r.describe()["missing_files"] == []
+    finally:
+        r.close()
 
 
 def test_unknown_engine_and_missing_precision(tiny_model_dir):

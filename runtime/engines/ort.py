@@ -30,8 +30,8 @@ class OrtEngine(Engine):
         "never" is slower at batch 1 in every run; "during" and "always" differ by a few per cent
         either way from run to run, within the machine's drift, but "always" keeps a core
         spinning between requests, taking it from the next batch's decoding."""
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1 (or None for the default), got {threads}")
+        if threads is not None and threads < 0:
+            raise ValueError(f"threads must be >= 1 (0 or None: the default), got {threads}")
         if spin not in SPIN_MODES:
             raise ValueError(f"spin must be one of {', '.join(SPIN_MODES)}, got {spin!r}")
         super().__init__(spec, precision, device)

@@ -27,8 +27,8 @@ class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, spec: ModelSpec, precision: str = "fp32", device: str = "cpu", threads: int | None = None):
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1 (or None for the default), got {threads}")
+        if threads is not None and threads < 0:
+            raise ValueError(f"threads must be >= 1 (0 or None: the default), got {threads}")
         super().__init__(spec, precision, device)
         if precision == "int8":
             raise EngineUnavailableError(

@@ -113,8 +113,8 @@ def check_text(text: object, max_chars: int) -> str | None:
 def check_audio_duration(data: bytes, max_seconds: float) -> None:
     """Reject encoded audio longer than ``max_seconds``, or that would decode to more than
     ``runtime.audio.MAX_DECODED_SAMPLES``, from its header alone, before decoding it. Audio
-    whose header cannot be read, or gives no length (a FLAC stream's), is left to the
-    decoder, which stops reading at that size."""
+    whose header cannot be read, or gives no length, is left to the decoder, which stops
+    reading at that size."""
     from runtime.audio import MAX_DECODED_SAMPLES, probe
 
     header = probe(data)
