@@ -13,9 +13,9 @@
 #          sizes $BATCHES (default 1,8,64), 3-s clips and 12-word texts: OUT_DIR/latency.*
 #       3. the tests marked requires_cuda / requires_trt: OUT_DIR/tests.log
 #       Bounded by $LATENCY_TIMEOUT (default 420) and $TESTS_TIMEOUT (default 120) seconds;
-#       latency.* are rewritten after the baseline and after each engine, so a run cut short
-#       keeps what it measured (marked partial). Exit status: 0, or 1 if a step failed or
-#       timed out (the logs say which).
+#       latency.json/.md are rewritten after the baseline and after each engine, so a run cut
+#       short keeps what it measured (marked partial; the plot is drawn at the end).
+#       Exit status: 0, or 1 if a step failed or timed out (the logs say which).
 #
 #   bash benchmarks/gpu_rows.sh wheels DIR [PYTHON_VERSION]
 #       On a machine with a package registry: the manylinux x86_64 wheels of the packages a

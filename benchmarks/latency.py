@@ -454,12 +454,13 @@ def _report(args, budget, batches, info, rows, described, agree, skipped, sample
     return report
 
 
-def write(report: dict, out: Path | None) -> Path:
+def write(report: dict, out: Path | None, plot: bool = True) -> Path:
     out = out or RESULTS_DIR / report["machine_slug"]
     out.mkdir(parents=True, exist_ok=True)
     rep.write_json(report, out)
     rep.write_markdown(report, out)
-    rep.write_plot(report, out)
+    if plot:
+        rep.write_plot(report, out)
     return out
 
 
@@ -469,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in argv)
     try:
-        report = run(args, checkpoint=lambda partial: write({**partial, "command": command}, args.out))
+        # checkpoints draw no plot: matplotlib would add ~50 MB to the peak RSS of the rows after them
+        report = run(args, checkpoint=lambda partial: write({**partial, "command": command}, args.out, plot=False))
     except ValueError as e:
         parser.error(str(e))
     report["command"] = command
