@@ -171,7 +171,7 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         reason = str(getattr(e, "error_string", "") or e).split(": ")[-1]
         if "psf_fseek" in reason:  # libsndfile read past the audio a (FLAC) header claims
-            reason += " the header's length does not match the audio in it; re-encode the file"
+            reason += " The header's length does not match the audio in it: re-encode the file."
         raise AudioDecodeError(f"{name} is not decodable audio ({reason}); accepted: {', '.join(SUPPORTED_FORMATS)}") from e
     return samples, int(rate)
 

@@ -171,15 +171,6 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
 # ----------------------------------------------------------------------- handlers
 
 
-def parse_json(data: bytes | str) -> object:
-    """``json.loads``, raising ``ApiError`` 400 for anything it cannot take: bad syntax or
-    UTF-8, an integer of over 4300 digits, nesting deep enough to exhaust the stack."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {str(e)[:200]}") from e
-
-
 async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | None, object]:
     """(audio bytes or None, text or None) from a multipart or JSON body."""
     if request.content_length is not None and request.content_length > max_bytes:
@@ -200,7 +191,7 @@ async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | No
             raise ApiError(400, "invalid_text", "the 'text' field must be a plain form field, not a file")
         return audio, text
     if ctype == "application/json":
-        body = parse_json(await request.read())
+        body = limits.parse_json(await request.read())
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", "body must be a JSON object {\"audio_b64\": ..., \"text\": ...}")
         audio_b64 = body.get("audio_b64")

@@ -8,6 +8,7 @@ knob the operator controls.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 from dataclasses import dataclass
 
@@ -93,6 +94,15 @@ class ApiError(Exception):
 def body_too_large(max_bytes: int, size: int | None = None) -> ApiError:
     got = f"{size} bytes" if size is not None else "larger"
     return ApiError(413, "body_too_large", f"request body is {got}; the limit is {max_bytes} bytes", "max_body_bytes", max_bytes)
+
+
+def parse_json(data: bytes | str) -> object:
+    """``json.loads``, raising ``ApiError`` 400 for anything it cannot take: bad syntax or
+    UTF-8, an integer of over 4300 digits, nesting deep enough to exhaust the stack."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {str(e)[:200]}") from e
 
 
 def check_text(text: object, max_chars: int) -> str | None:

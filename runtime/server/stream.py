@@ -84,9 +84,9 @@ class StreamSession:
 
     async def on_text(self, data: str) -> None:
         try:
-            body = json.loads(data)
+            body = limits.parse_json(data)
             kind = body.get("type") if isinstance(body, dict) else None
-        except (ValueError, RecursionError):  # as app.parse_json: syntax, huge integers, deep nesting
+        except ApiError:
             kind = None
         if kind == "end":
             self._finishing = True
