@@ -162,7 +162,7 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
             # header says 0: it fails with an error that names it.)
             most = MAX_DECODED_SAMPLES // max(f.channels, 1)
             if most < f.frames < UNKNOWN_FRAMES:
-                raise AudioError(_too_much(name, f.channels, f.samplerate))
+                raise AudioError(_too_much(name, f.channels, f.samplerate, f.frames))
             samples, rate = f.read(min(f.frames, most + 1), dtype=dtype, always_2d=True), f.samplerate
             if samples.shape[0] > most:
                 raise AudioError(_too_much(name, f.channels, rate))
@@ -176,9 +176,12 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
     return samples, int(rate)
 
 
-def _too_much(name: str, channels: int, rate: int) -> str:
+def _too_much(name: str, channels: int, rate: int, claimed_frames: int | None = None) -> str:
+    what = f"{channels} channel{'s' if channels != 1 else ''} at {rate} Hz"
+    if claimed_frames is not None:
+        what += f"; its header claims {claimed_frames} frames, {claimed_frames / max(rate, 1):.6g} s"
     return (
-        f"{name} decodes to more than {MAX_DECODED_SAMPLES} samples ({channels} channels at {rate} Hz); "
+        f"{name} decodes to more than {MAX_DECODED_SAMPLES} samples ({what}); "
         f"at most {MAX_DECODED_SAMPLES} are accepted (30 s at 48 kHz with 16 channels): downmix or split it"
     )
 
