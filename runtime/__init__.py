@@ -8,6 +8,7 @@
 from runtime.errors import (
     AudioDecodeError,
     AudioError,
+    AudioTooLargeError,
     EmotionError,
     EngineUnavailableError,
     ModelFolderError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AudioDecodeError",
     "AudioError",
+    "AudioTooLargeError",
     "EmotionError",
     "EmotionRecognizer",
     "EngineUnavailableError",

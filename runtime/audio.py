@@ -18,7 +18,7 @@ from typing import Union
 
 import numpy as np
 
-from runtime.errors import AudioDecodeError, AudioError
+from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError
 from runtime.frontend import FrontendConfig
 
 AudioInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
@@ -128,7 +128,7 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
         parsed = parse_pcm16_wav(data)
         if parsed is not None:
             if parsed[0].size > MAX_DECODED_SAMPLES:  # no bigger in memory than the bytes, but the same rule
-                raise AudioError(_too_much(name, parsed[0].shape[1], parsed[1]))
+                raise AudioTooLargeError(_too_much(name, parsed[0].shape[1], parsed[1]))
             return parsed
         source: object = io.BytesIO(data if isinstance(data, bytes) else bytes(data))
     else:
@@ -162,10 +162,10 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
             # header says 0: it fails with an error that names it.)
             most = MAX_DECODED_SAMPLES // max(f.channels, 1)
             if most < f.frames < UNKNOWN_FRAMES:
-                raise AudioError(_too_much(name, f.channels, f.samplerate, f.frames))
+                raise AudioTooLargeError(_too_much(name, f.channels, f.samplerate, f.frames))
             samples, rate = f.read(min(f.frames, most + 1), dtype=dtype, always_2d=True), f.samplerate
             if samples.shape[0] > most:
-                raise AudioError(_too_much(name, f.channels, rate))
+                raise AudioTooLargeError(_too_much(name, f.channels, rate))
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -188,7 +188,11 @@ def _too_much(name: str, channels: int, rate: int, claimed_frames: int | None = 
 
 def probe(data: bytes) -> tuple[int | None, int, int] | None:
     """``(frames or None if unknown, rate, channels)`` from encoded audio's header, or None
-    if libsndfile cannot read it (``decode`` then says why)."""
+    if libsndfile cannot read it (``decode`` then says why). A plain 16-bit WAV is read by
+    ``parse_pcm16_wav`` (microseconds, no libsndfile open)."""
+    parsed = parse_pcm16_wav(data)
+    if parsed is not None:
+        return parsed[0].shape[0], parsed[1], parsed[0].shape[1]
     import soundfile as sf
 
     try:

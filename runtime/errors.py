@@ -16,6 +16,10 @@ class AudioError(EmotionError, ValueError):
     too short or too long."""
 
 
+class AudioTooLargeError(AudioError):
+    """The audio would decode to more than ``runtime.audio.MAX_DECODED_SAMPLES`` samples."""
+
+
 class AudioDecodeError(AudioError):
     """The bytes or file are not audio in a supported container (WAV, FLAC, OGG)."""
 

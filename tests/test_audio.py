@@ -339,8 +339,16 @@ def test_decoding_stops_at_max_decoded_samples(monkeypatch):
     assert samples.shape == (24000, 4)
     wav = encode(four, 16000, "WAV", "PCM_16")  # the fast WAV parser keeps the same rule
     assert audio.parse_pcm16_wav(wav) is not None
-    with pytest.raises(AudioError, match="decodes to more than 100000 samples"):
+    with pytest.raises(audio.AudioTooLargeError, match="decodes to more than 100000 samples"):
         audio.decode(wav, "bomb")
+    # the header probe reads plain WAVs without libsndfile, with the same answer
+    import io
+
+    import soundfile as sf
+
+    for data in (wav, encode(four, 16000, "FLAC")):
+        info = sf.info(io.BytesIO(data))
+        assert audio.probe(data) == (info.frames, info.samplerate, info.channels)
 
 
 def test_a_header_claiming_too_much_is_refused_unread(monkeypatch):

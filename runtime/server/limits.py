@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from runtime.errors import AudioDecodeError, AudioError, EmotionError, TextError
+from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, EmotionError, TextError
 from runtime.text import unicode_problem
 
 
@@ -121,29 +121,28 @@ def check_text(text: object, max_chars: int) -> str | None:
 
 
 def check_audio_duration(data: bytes, max_seconds: float) -> None:
-    """Reject encoded audio longer than ``max_seconds``, or that would decode to more than
-    ``runtime.audio.MAX_DECODED_SAMPLES``, from its header alone, before decoding it. Audio
-    whose header cannot be read, or gives no length, is left to the decoder, which stops
-    reading at that size."""
-    from runtime.audio import MAX_DECODED_SAMPLES, probe
+    """Reject encoded audio longer than ``max_seconds`` from its header alone, before
+    decoding it. Audio whose header cannot be read, or gives no length, is left to the
+    decoder (which also refuses audio that would decode to too many samples: 413 below)."""
+    from runtime.audio import probe
 
     header = probe(data)
     if header is None or header[0] is None or header[1] <= 0:
         return
-    frames, rate, channels = header
+    frames, rate, _ = header
     if frames / rate > max_seconds:
         raise ApiError(413, "audio_too_long", f"audio is {frames / rate:.6g} s long; the maximum is {max_seconds:g} s "
                        "(split long recordings, e.g. with /v1/stream)", "max_audio_seconds", max_seconds)
-    if frames * channels > MAX_DECODED_SAMPLES:
-        raise ApiError(413, "audio_too_large", f"audio decodes to {frames * channels} samples ({channels} channels at {rate} Hz); "
-                       f"at most {MAX_DECODED_SAMPLES} are accepted (30 s at 48 kHz with 16 channels): downmix it",
-                       "max_decoded_samples", MAX_DECODED_SAMPLES)
 
 
 def from_emotion_error(e: EmotionError) -> ApiError:
     """The HTTP answer to an error raised while preparing an item."""
     if isinstance(e, AudioDecodeError):
         return ApiError(415, "undecodable_audio", str(e))
+    if isinstance(e, AudioTooLargeError):
+        from runtime import audio
+
+        return ApiError(413, "audio_too_large", str(e), "max_decoded_samples", audio.MAX_DECODED_SAMPLES)
     if isinstance(e, AudioError):
         return ApiError(422, "invalid_audio", str(e))
     if isinstance(e, TextError):

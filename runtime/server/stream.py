@@ -130,7 +130,7 @@ class StreamSession:
         deadline = time.monotonic() + self.state.config.timeout_s
         head = {"type": "result", "segment": seg.index, "start_s": round(seg.start_s, 3), "end_s": round(seg.end_s, 3)}
         try:
-            text = limits.check_text(text[-self.state.max_text_chars:] if text else None, self.state.max_text_chars)
+            text = limits.check_text(text, self.state.max_text_chars)  # at most max_text_chars: _cap_text
             item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
             result = await self.state.infer(item, deadline)
         except ApiError as e:
