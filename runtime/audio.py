@@ -219,7 +219,8 @@ def check_rate(sample_rate: object, name: str = "audio") -> int:
 
 
 def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
-    """Float32 mono from a float or int16 array, 1-D or ``(samples, channels)``."""
+    """Float32 mono from a float or int16 array, 1-D, ``(samples, channels)`` or
+    ``(channels, samples)``."""
     a = np.asarray(samples)
     is_int16 = a.dtype.kind == "i" and a.dtype.itemsize == 2  # either byte order
     if not is_int16 and not np.issubdtype(a.dtype, np.floating):
@@ -232,12 +233,13 @@ def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
         if np.isfinite(peak) and peak > MAX_PEAK:
             raise AudioError(_too_loud(name, peak))
     if a.ndim == 2:
-        # (samples, channels) as soundfile returns; a (channels, samples) array with few
-        # rows is also accepted, since no real clip has fewer samples than channels.
-        if a.shape[0] < a.shape[1] and a.shape[0] <= 8:
+        # (samples, channels) as soundfile returns, or (channels, samples) as torchaudio
+        # and librosa do: the longer axis is time, since no clip long enough to classify
+        # (min_audio_seconds) has fewer samples than channels, even from a 64-mic array.
+        if a.shape[0] < a.shape[1]:
             a = a.T
     elif a.ndim != 1:
-        raise AudioError(f"audio array must be 1-D or (samples, channels), got shape {a.shape}")
+        raise AudioError(f"audio array must be 1-D, (samples, channels) or (channels, samples), got shape {a.shape}")
     scale = np.float32(1.0 / 32768.0) if is_int16 else None
     if a.ndim == 2:
         a = a[:, 0] if a.shape[1] == 1 else a.mean(axis=1, dtype=np.float32)

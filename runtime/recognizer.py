@@ -114,14 +114,15 @@ class EmotionRecognizer:
 
     def _check(self, staged: tuple | None, text: str | None, name: str | None) -> Item:
         """``prepare``'s second step: check and trim the clip (``check_clip``), check the text.
-        A blank transcript (an ASR's answer to no words) is no text: the model's learned
-        "missing text" input, not an empty sequence it never saw in training."""
+        A transcript without words (an ASR's answer to silence: blank, or only characters
+        the tokenizer drops, such as NUL or zero-width spaces) is no text: the model's
+        learned "missing text" input, not an empty sequence it never saw in training."""
         clip = None if staged is None else check_clip(staged[0], self.spec.frontend, staged[1])
         if text is not None:
             label = f"{name} text" if name else "text"
-            if not self.encoder.check(text, label).strip():
+            if not self.encoder.has_words(self.encoder.check(text, label)):
                 if clip is None:
-                    raise TextError(f"{label} is blank and there is no audio; give audio, or a transcript with words")
+                    raise TextError(f"{label} has no words and there is no audio; give audio, or a transcript with words")
                 text = None
         return Item(clip, text)
 

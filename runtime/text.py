@@ -100,6 +100,14 @@ class TextEncoder:
             raise TextError(f"{name} cannot be read: {problem}")
         return text
 
+    def has_words(self, text: str) -> bool:
+        """Whether ``text`` tokenises to at least one token besides [CLS] and [SEP]. Blank
+        text has none, and so has text made only of characters the normaliser drops
+        (NUL and other control characters, zero-width spaces, lone combining accents)."""
+        if self._bert is not None and text.isascii():
+            return bool(_ASCII_CONTROL.sub("", text).strip())  # what the fast path keeps
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids) > 0
+
     def clear_cache(self) -> None:
         """Forget the remembered words (benchmarks time a cold start with this)."""
         self._words.clear()

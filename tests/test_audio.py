@@ -35,6 +35,10 @@ def test_file_path_and_int16(tmp_path):
     assert np.abs(from_file - from_int16).max() < 1e-3
     channels_first = load_audio(np.stack([y, y]), CFG, sample_rate=16000)
     np.testing.assert_allclose(channels_first, y, atol=1e-6)
+    # a 16-microphone array, either layout: the longer axis is time
+    mics = np.stack([y * (k + 1) / 16 for k in range(16)])
+    for layout in (mics, mics.T, np.round(mics * 32767).astype(np.int16)):
+        np.testing.assert_allclose(load_audio(layout, CFG, sample_rate=16000), y * 17 / 32, atol=1e-4)
 
 
 def test_resampling_is_band_limited():
@@ -55,7 +59,7 @@ def test_resampling_is_band_limited():
         (np.tile(speechlike(1.0), 31), 16000, "maximum is 30.0 s"),
         (np.array([0.1, np.nan] * 8000, np.float32), 16000, "NaN or infinite"),
         (np.array([0.1, np.inf] * 8000, np.float32), 16000, "NaN or infinite"),
-        (np.ones((3, 3, 3), np.float32), 16000, "1-D or"),
+        (np.ones((3, 3, 3), np.float32), 16000, "1-D, \\(samples, channels\\) or \\(channels, samples\\)"),
         (np.arange(16000, dtype=np.int32), 16000, "dtype int32"),
         (speechlike(1.0), None, "sample_rate is required"),
     ],

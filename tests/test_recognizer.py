@@ -174,11 +174,16 @@ def test_text_that_is_not_unicode_is_a_text_error(rec):
 def test_blank_transcript_is_no_text(rec):
     clip = speechlike(1.0, seed=6)
     alone = rec.predict(audio=clip, sample_rate=16000)
-    for blank in ("", "   ", "\n\t"):
+    # blank, or only what the tokenizer's normaliser drops: controls, zero-width, a lone accent
+    for blank in ("", "   ", "\n\t", "\x00\x00", " \x7f\x1b ", "\u200b\u200b", "\u0301", "\x00\u200b \ufeff"):
+        assert rec.encoder.encode([blank])[1].tolist() == [2]  # [CLS] [SEP]: nothing to read
         pred = rec.predict(audio=clip, text=blank, sample_rate=16000)
-        assert pred.modalities == ("audio",) and pred.scores == alone.scores
-    with pytest.raises(TextError, match="item 1 text is blank and there is no audio"):
-        rec.predict(text=["fine", "  "])
+        assert pred.modalities == ("audio",) and pred.scores == alone.scores, repr(blank)
+    for words in ("a", "\x00ok", "\u00e9", "\u2615", "!"):
+        assert rec.encoder.has_words(words) and rec.predict(audio=clip, text=words, sample_rate=16000).modalities == ("audio", "text")
+    for blank in ("  ", "\u200b"):
+        with pytest.raises(TextError, match="item 1 text has no words and there is no audio"):
+            rec.predict(text=["fine", blank])
 
 
 def test_loudest_accepted_audio_gives_finite_scores(rec):

@@ -77,7 +77,7 @@ def schema() -> dict:
                     "413": _error("a limit was exceeded: max_body_bytes, max_audio_seconds, max_decoded_samples or max_text_chars"),
                     "415": _error("undecodable audio, or a Content-Type other than multipart/form-data or application/json"),
                     "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a bad "
-                                  "sample rate; text that is not valid Unicode, or blank with no audio"),
+                                  "sample rate; text that is not valid Unicode, or without words and no audio"),
                     "500": _error("the engine failed on this request's batch"),
                     "503": _error("queue full (see Retry-After) or shutting down"),
                     "504": _error("no result within timeout_s"),
