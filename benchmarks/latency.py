@@ -3,7 +3,8 @@
     python -m benchmarks.latency --engine ort --precision fp32 --device cpu \\
         --batch 1,8,32 --audio-seconds 3 --text-words 12 --out benchmarks/results/MACHINE
 
-For each engine (and ``--engine`` / ``--precision`` may list several) and batch size:
+For each engine (and ``--engine`` / ``--precision`` may list several), batch size and
+clip length (``--audio-seconds 1,3,10`` shows how latency grows with the audio):
 per stage (decode, resample, tokenise, front-end, engine call, post-processing) and end
 to end (``EmotionRecognizer.predict`` on the batch of encoded clips and texts): p50 / p90
 / p99 / min latency, throughput, real-time factor, peak resident and GPU memory. In the
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rep
-from benchmarks.machine import TegraStats, gpu_memory_mb, loadavg, machine_info, machine_slug, thread_settings
+from benchmarks.machine import TegraStats, code_version, gpu_memory_mb, loadavg, machine_info, machine_slug, thread_settings
 from benchmarks.timing import FULL, QUICK, Budget, measure_quiet, no_sync
 from benchmarks.workload import Workload, make_requests
 from runtime.audio import decode, resample, to_mono_float
@@ -85,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, choices=("cpu", "cuda"), help="device for the engines and the baseline (default: cpu)"
     )
     p.add_argument("--batch", default=None, help="comma-separated batch sizes (default: 1,8,32)")
-    p.add_argument("--audio-seconds", type=float, default=3.0, help="clip length (default: 3)")
+    p.add_argument(
+        "--audio-seconds", default="3",
+        help="comma-separated clip lengths in seconds, each measured at every batch size (default: 3; "
+        "the issue's targets are read at 3 s with --text-words 12)",
+    )  # fmt: skip
     p.add_argument("--text-words", type=int, default=12, help="words per transcript (default: 12)")
     p.add_argument("--input-rate", type=int, default=48000, help="sample rate the clips are sent at (default: 48000)")
     p.add_argument("--model-dir", type=Path, default=BUNDLED_MODEL_DIR, help="model folder (default: the bundled weights)")
@@ -142,13 +147,19 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch must be comma-separated integers, got {args.batch!r}") from e
     if not batches or min(batches) < 1:
         raise ValueError(f"--batch sizes must be >= 1, got {args.batch!r}")
+    try:
+        lengths = _csv(args.audio_seconds, float)
+    except ValueError as e:
+        raise ValueError(f"--audio-seconds must be comma-separated numbers, got {args.audio_seconds!r}") from e
+    if not lengths or not all(np.isfinite(x) and x > 0 for x in lengths):
+        raise ValueError(f"--audio-seconds must be positive, got {args.audio_seconds!r}")
     if args.baseline_blas_threads < 0:
         raise ValueError("--baseline-blas-threads must be >= 0")
     if args.retries < 0 or not 0 < args.max_other_cpu <= 100:
         raise ValueError("--retries must be >= 0 and --max-other-cpu in (0, 100]")
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
-    Workload(1, args.audio_seconds, args.text_words, args.input_rate)
+    Workload(1, lengths[0], args.text_words, args.input_rate)
 
 
 # ---------------------------------------------------------------- front-end alone
@@ -227,7 +238,8 @@ def measure_row(
 
 
 def make_row(engine: str, precision: str, device: str, batch: int, stage: str, stats, audio_seconds: float) -> dict:
-    """One flat result row (the schema ``latency.json`` promises, plus detail fields)."""
+    """One flat result row (the schema ``latency.json`` promises, plus the clip length and
+    detail fields)."""
     d = asdict(stats)
     return {
         "engine": engine,
@@ -235,6 +247,7 @@ def make_row(engine: str, precision: str, device: str, batch: int, stage: str, s
         "device": device,
         "batch": batch,
         "stage": stage,
+        "audio_seconds": audio_seconds,
         "p50_ms": round(d["p50_ms"], 4),
         "p90_ms": round(d["p90_ms"], 4),
         "p99_ms": round(d["p99_ms"], 4),
@@ -324,7 +337,7 @@ def agreement(rec: EmotionRecognizer, precision: str, device: str, base, clips: 
 
 def _row_line(r: dict) -> str:
     return (
-        f"{r['engine']:>8} {r['precision']} {r['device']} b{r['batch']:<3} {r['stage']:<12} p50 {r['p50_ms']:9.3f} ms  "
+        f"{r['engine']:>8} {r['precision']} {r['device']} b{r['batch']:<3} {r['audio_seconds']:g} s {r['stage']:<12} p50 {r['p50_ms']:9.3f} ms  "
         f"p90 {r['p90_ms']:9.3f}  p99 {r['p99_ms']:9.3f}  min {r['min_ms']:9.3f}  {r['throughput_per_s']:10.1f}/s  n={r['n']}  "
         f"other procs {r['other_cpu_pct']:.0f}% CPU"
     )
@@ -379,22 +392,25 @@ def run(args: argparse.Namespace, checkpoint: Callable[[dict], None] | None = No
     after each engine, so a run cut short keeps what it measured."""
     validate_args(args)
     batches = _csv(args.batch, int)
+    lengths = list(dict.fromkeys(_csv(args.audio_seconds, float)))
     budget = QUICK if args.quick else replace(FULL, max_other_pct=args.max_other_cpu, retries=args.retries)
     skipped: list[dict] = []
     base = load_baseline(args, skipped)
     info = machine_info()
+    code = code_version()
     rows: list[dict] = []
     agree: list[dict] = []
     described: list[dict] = []
     sample_rate = None
-    workloads = {b: make_requests(Workload(b, args.audio_seconds, args.text_words, args.input_rate, args.seed)) for b in batches}
+    sizes = [(b, x) for x in lengths for b in batches]
+    workloads = {(b, x): make_requests(Workload(b, x, args.text_words, args.input_rate, args.seed)) for b, x in sizes}
 
     def assemble(complete: bool) -> dict:
-        return _report(args, budget, batches, dict(info), list(rows), list(described), list(agree), list(skipped), sample_rate, complete)
+        return _report(args, budget, batches, lengths, code, dict(info), list(rows), list(described), list(agree), list(skipped), sample_rate, complete)
     with tempfile.TemporaryDirectory() as tmp, TegraStats() as tegra:
         if base is not None:
-            for batch in batches:
-                rows += baseline_rows(base, args.device, *workloads[batch], budget, args.audio_seconds)
+            for batch, seconds in sizes:
+                rows += baseline_rows(base, args.device, *workloads[batch, seconds], budget, seconds)
             if checkpoint and rows:
                 checkpoint(assemble(False))
         # One engine loaded at a time: idle sessions of other engines in the same process
@@ -410,10 +426,11 @@ def run(args: argparse.Namespace, checkpoint: Callable[[dict], None] | None = No
             described.append({**rec.engine.describe(), **({"frontend_stage": "not measured"} if isinstance(fe, str) else {})})
             info["threads"] = thread_settings()  # live settings once an engine has set them
             dev = engine_device(engine, args.device)
-            for batch in batches:
-                rows += engine_rows(rec, precision, dev, fe, *workloads[batch], budget, args.audio_seconds)
+            for batch, seconds in sizes:
+                rows += engine_rows(rec, precision, dev, fe, *workloads[batch, seconds], budget, seconds)
             if base is not None:
-                agree.append(agreement(rec, precision, dev, base, *workloads[max(batches)]))
+                ref = rep.reference_length(lengths)
+                agree.append({**agreement(rec, precision, dev, base, *workloads[max(batches), ref]), "audio_seconds": ref})
             rec.close()
             del rec, fe
             gc.collect()
@@ -427,11 +444,11 @@ def run(args: argparse.Namespace, checkpoint: Callable[[dict], None] | None = No
     return report
 
 
-def _report(args, budget, batches, info, rows, described, agree, skipped, sample_rate, complete: bool) -> dict:
+def _report(args, budget, batches, lengths, code, info, rows, described, agree, skipped, sample_rate, complete: bool) -> dict:
     """The report of what ``run`` has measured so far."""
     settings = {
         "profile": args.profile, "engines": _csv(args.engine), "precisions": _csv(args.precision), "device": args.device, "batches": batches,
-        "audio_seconds": args.audio_seconds, "text_words": args.text_words, "input_rate": args.input_rate,
+        "audio_seconds": lengths, "text_words": args.text_words, "input_rate": args.input_rate,
         "sample_rate": sample_rate, "model_dir": str(args.model_dir),
         "threads": args.threads, "ort_spin": args.ort_spin, "quick": args.quick, "seed": args.seed, "baseline_blas_threads": args.baseline_blas_threads,
         "budget": ("quick: " if args.quick else "") + ", ".join(f"{k}={v}" for k, v in asdict(budget).items()),
@@ -440,6 +457,7 @@ def _report(args, budget, batches, info, rows, described, agree, skipped, sample
     report = {
         "schema": rep.SCHEMA,
         "command": "",  # filled in by main()
+        "code": code,
         "machine_slug": machine_slug(info),
         "machine": info,
         "settings": settings,

@@ -160,6 +160,17 @@ def loadavg() -> list[float] | None:
         return None
 
 
+def code_version() -> dict | None:
+    """The git commit the benchmarked code is at, and the tracked files changed since
+    (results under ``benchmarks/results`` excluded); None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    commit = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
+    if commit is None:
+        return None
+    changed = _run(["git", "-C", str(root), "diff", "--name-only", "HEAD", "--", ".", ":(exclude)benchmarks/results"]) or ""
+    return {"commit": commit, "modified_files": [f for f in changed.splitlines() if f]}
+
+
 def machine_info() -> dict:
     """The ``machine`` object of ``latency.json``."""
     return {

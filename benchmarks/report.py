@@ -2,7 +2,9 @@
 PNG plot.
 
 Rows are flat dicts ``{engine, precision, device, batch, stage, p50_ms, p90_ms, p99_ms,
-min_ms, throughput_per_s, ...}``; the baseline's rows have ``engine == "baseline"``.
+min_ms, throughput_per_s, ...}``; the baseline's rows have ``engine == "baseline"``. Each
+row also names its ``audio_seconds`` (clip length); rows written before runs could sweep
+clip lengths lack it, and are read as measured at the run's one length.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA = "emotech-latency/1"
 E2E = "end_to_end"
 STAGE_ORDER = ("decode", "resample", "prepare", "load", "tokenise", "tokenise_cold", "frontend", "infer", "postprocess")  # columns of the stage table
 # the issue's targets for this kind of machine: ONNX Runtime FP32 on CPU
 TARGET_ENGINE = ("ort", "fp32", "cpu")
+TARGET_WORKLOAD = (3.0, 12)  # the targets' clip length (s) and transcript words
 TARGETS = {
     "batch1_p50_speedup": 3.0,  # end-to-end p50 at batch 1, baseline / engine
     "batch32_throughput_ratio": 10.0,  # end-to-end utterances/s at batch 32, engine / baseline
@@ -30,13 +35,30 @@ def find(rows: list[dict], **key) -> dict | None:
     return None
 
 
+def reference_length(lengths: list[float]) -> float:
+    """The clip length the targets, the agreement check and the batch plots use: the
+    targets' 3 s when it was measured, else the first one asked for."""
+    return TARGET_WORKLOAD[0] if TARGET_WORKLOAD[0] in lengths else lengths[0]
+
+
+def lengths_of(settings: dict) -> list[float]:
+    """A run's clip lengths (a number in reports written before the sweep existed)."""
+    x = settings.get("audio_seconds")
+    return [float(v) for v in x] if isinstance(x, (list, tuple)) else [float(x)] if x is not None else []
+
+
+def at_length(rows: list[dict], seconds: float) -> list[dict]:
+    """The rows measured at clip length ``seconds`` (rows without the field count as it)."""
+    return [r for r in rows if r.get("audio_seconds") in (None, seconds)]
+
+
 def ratios(rows: list[dict]) -> list[dict]:
-    """Each engine row against the baseline row of the same device, batch and stage."""
+    """Each engine row against the baseline row of the same device, batch, clip length and stage."""
     out = []
     for r in rows:
         if r["engine"] == "baseline":
             continue
-        b = find(rows, engine="baseline", device=r["device"], batch=r["batch"], stage=r["stage"])
+        b = find(rows, engine="baseline", device=r["device"], batch=r["batch"], stage=r["stage"], audio_seconds=r.get("audio_seconds"))
         if b is None:
             continue
         out.append(
@@ -46,6 +68,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "device": r["device"],
                 "batch": r["batch"],
                 "stage": r["stage"],
+                "audio_seconds": r.get("audio_seconds"),
                 "baseline_p50_ms": b["p50_ms"],
                 "p50_ms": r["p50_ms"],
                 "p50_speedup": round(b["p50_ms"] / r["p50_ms"], 2),
@@ -58,11 +81,13 @@ def ratios(rows: list[dict]) -> list[dict]:
 def targets(rows: list[dict], ratio_rows: list[dict], settings: dict) -> list[dict]:
     """The issue's CPU targets, each with the measured value and met / not met.
 
-    Only evaluated for the ONNX Runtime FP32 CPU engine at 3-s clips and 12-word texts;
-    a target whose rows were not measured in this run is left out.
+    Only evaluated for the ONNX Runtime FP32 CPU engine, on the rows at 3-s clips, when the
+    texts had 12 words; a target whose rows were not measured in this run is left out.
     """
-    if (settings.get("audio_seconds"), settings.get("text_words")) != (3.0, 12):
+    seconds, words = TARGET_WORKLOAD
+    if seconds not in lengths_of(settings) or settings.get("text_words") != words:
         return []
+    rows, ratio_rows = at_length(rows, seconds), at_length(ratio_rows, seconds)
     eng, prec, dev = TARGET_ENGINE
     key = {"engine": eng, "precision": prec, "device": dev}
     out = []
@@ -120,13 +145,25 @@ def _machine_line(m: dict) -> str:
     return "; ".join(parts)
 
 
+def _code_line(code: dict) -> str:
+    changed = code.get("modified_files") or []
+    extra = f", with uncommitted changes to {', '.join(changed)}" if changed else ""
+    return f"Code: commit {code['commit'][:12]}{extra}."
+
+
+def _seconds(x) -> str:
+    return "" if x is None else f"{x:g}"
+
+
 def markdown(report: dict) -> str:
     m, rows, s = report["machine"], report["results"], report["settings"]
+    lengths = lengths_of(s)
     lines = [
         f"# Latency: {report['machine_slug']}",
         "",
         f"Command: `{report['command']}`",
         "",
+        *([_code_line(report["code"]), ""] if report.get("code") else []),
         *([] if report.get("complete", True) else ["**Partial: written while the run was still going (or after it was cut short); "
                                                     "rows and targets cover what had been measured.**", ""]),
         (
@@ -137,7 +174,7 @@ def markdown(report: dict) -> str:
         "Engines: " + "; ".join(", ".join(f"{k} {v}" for k, v in e.items()) for e in report.get("engines", [])) + ".",
         "",
         (
-            f"Workload: {s['audio_seconds']} s clips sent as {s['input_rate']} Hz 16-bit WAV (decoded and resampled to "
+            f"Workload: {', '.join(map(_seconds, lengths))} s clips sent as {s['input_rate']} Hz 16-bit WAV (decoded and resampled to "
             f"{s['sample_rate']} Hz), {s['text_words']}-word transcripts. Each row: {s['budget']}. "
             "Stages are timed separately, each in its own loop; `end_to_end` is one `EmotionRecognizer.predict` call "
             "for the whole batch (baseline: the clips one after another; its librosa BLAS threads: "
@@ -161,39 +198,41 @@ def markdown(report: dict) -> str:
     lines += [
         "## End to end",
         "",
-        "| engine | precision | device | batch | p50 ms | p90 ms | p99 ms | min ms | utt/s | RTF | vs baseline p50 | vs baseline utt/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | precision | device | batch | clip s | p50 ms | p90 ms | p99 ms | min ms | utt/s | RTF | vs baseline p50 | vs baseline utt/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rat = {(r["engine"], r["precision"], r["device"], r["batch"], r["stage"]): r for r in report["ratios"]}
+    rat = {_key(r) + (r["stage"],): r for r in report["ratios"]}
     for r in rows:
         if r["stage"] != E2E:
             continue
-        q = rat.get((r["engine"], r["precision"], r["device"], r["batch"], r["stage"]))
+        q = rat.get(_key(r) + (r["stage"],))
         sp = f"{q['p50_speedup']}x" if q else ""
         tr = f"{q['throughput_ratio']}x" if q else ""
         lines.append(
-            f"| {r['engine']} | {r['precision']} | {r['device']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"| {r['engine']} | {r['precision']} | {r['device']} | {r['batch']} | {_seconds(r.get('audio_seconds'))} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['min_ms']:.2f} | {r['throughput_per_s']:.1f} | {r['rtf']:.4f} | {sp} | {tr} |"
         )
+    if len(lengths) > 1:
+        lines += ["", *clip_length_table(rows, rat, lengths)]
     lines += ["", "## Stages (p50 ms for the whole batch)", ""]
     present = {r["stage"] for r in rows}
     stages = [st for st in STAGE_ORDER if st in present] + sorted(present - set(STAGE_ORDER) - {E2E})
     lines += [
-        "| engine | precision | device | batch | "
+        "| engine | precision | device | batch | clip s | "
         + " | ".join(stages)
         + " | end_to_end | peak RSS MB | GPU MB | other procs' CPU % (max) |",
-        "|---" * (len(stages) + 8) + "|",
+        "|---" * (len(stages) + 9) + "|",
     ]
-    groups = list(dict.fromkeys((r["engine"], r["precision"], r["device"], r["batch"]) for r in rows))
+    groups = list(dict.fromkeys(_key(r) for r in rows))
     for g in groups:
-        sel = {r["stage"]: r for r in rows if (r["engine"], r["precision"], r["device"], r["batch"]) == g}
+        sel = {r["stage"]: r for r in rows if _key(r) == g}
         cells = [f"{sel[st]['p50_ms']:.3f}" if st in sel else "" for st in stages]
         e2e = f"{sel[E2E]['p50_ms']:.2f}" if E2E in sel else ""
         rss = max(r["peak_rss_mb"] for r in sel.values())
         gpu = [r["gpu_mem_mb"] for r in sel.values() if r.get("gpu_mem_mb") is not None]
         other = max(r.get("other_cpu_pct", 0.0) for r in sel.values())
         lines.append(
-            f"| {' | '.join(map(str, g))} | "
+            f"| {' | '.join(map(str, g[:4]))} | {_seconds(g[4])} | "
             + " | ".join(cells)
             + f" | {e2e} | {rss:.0f} | {max(gpu) if gpu else ''} | {other:.0f} |"
         )
@@ -214,8 +253,9 @@ def markdown(report: dict) -> str:
     if report.get("agreement"):
         lines += ["## Agreement with the baseline", ""]
         for a in report["agreement"]:
+            clip = f" ({_seconds(a['audio_seconds'])}-s clips)" if a.get("audio_seconds") is not None else ""
             lines.append(
-                f"- {a['engine']} {a['precision']} {a['device']}: max |logit difference| {a['max_abs_logit_diff']:.2e} over {a['items']} items, same label for {a['same_label']}/{a['items']}"
+                f"- {a['engine']} {a['precision']} {a['device']}{clip}: max |logit difference| {a['max_abs_logit_diff']:.2e} over {a['items']} items, same label for {a['same_label']}/{a['items']}"
             )
         lines.append("")
     if report.get("skipped"):
@@ -223,6 +263,38 @@ def markdown(report: dict) -> str:
     if m.get("tegrastats"):
         lines += ["## tegrastats", "", "```", json.dumps(m["tegrastats"], indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _key(r: dict) -> tuple:
+    """What a row was measured on: engine, precision, device, batch, clip length."""
+    return r["engine"], r["precision"], r["device"], r["batch"], r.get("audio_seconds")
+
+
+def clip_length_table(rows: list[dict], rat: dict, lengths: list[float]) -> list[str]:
+    """End-to-end p50 at each clip length, side by side (with the ratio to the baseline),
+    and the cost of one more second of audio (least-squares slope of p50 over length)."""
+    cols = sorted(lengths)
+    lines = [
+        "## Clip length (end to end, p50 ms per batch; ratio to the baseline in brackets)",
+        "",
+        "| engine | precision | device | batch | " + " | ".join(f"{_seconds(x)} s" for x in cols) + " | ms per extra audio second per clip |",
+        "|---" * (len(cols) + 5) + "|",
+    ]
+    e2e = [r for r in rows if r["stage"] == E2E]
+    for g in dict.fromkeys(_key(r)[:4] for r in e2e):
+        at = {r.get("audio_seconds"): r for r in e2e if _key(r)[:4] == g}
+        cells = []
+        for x in cols:
+            r = at.get(x)
+            q = rat.get(g + (x, E2E))
+            cells.append("" if r is None else f"{r['p50_ms']:.2f}" + (f" ({q['p50_speedup']}x)" if q else ""))
+        pts = [(x, at[x]["p50_ms"] / g[3]) for x in cols if x in at]
+        slope = ""
+        if len(pts) > 1:
+            xs, ys = (np.array(v, dtype=float) for v in zip(*pts))
+            slope = f"{np.polyfit(xs, ys, 1)[0]:.3f}"
+        lines.append(f"| {' | '.join(map(str, g))} | " + " | ".join(cells) + f" | {slope} |")
+    return lines
 
 
 def write_markdown(report: dict, out_dir: Path) -> Path:
@@ -234,14 +306,14 @@ def write_markdown(report: dict, out_dir: Path) -> Path:
 PLOT_STAGES = ("audio prep", "MFCC", "tokenise", "model", "postprocess")
 
 
-def stage_breakdown(rows: list[dict], engine: str, precision: str, device: str, batch: int) -> dict[str, float]:
+def stage_breakdown(rows: list[dict], engine: str, precision: str, device: str, batch: int, seconds: float | None = None) -> dict[str, float]:
     """Additive ms-per-clip split of one configuration for the stacked bars.
 
     Engines run the MFCC inside the graph: ``model`` is ``infer`` minus the separately
     measured ``frontend`` (floored at 0)."""
     sel = {
         r["stage"]: r["p50_ms"] / batch
-        for r in rows
+        for r in (rows if seconds is None else at_length(rows, seconds))
         if (r["engine"], r["precision"], r["device"], r["batch"]) == (engine, precision, device, batch)
     }
     if engine == "baseline":
@@ -265,14 +337,21 @@ def stage_breakdown(rows: list[dict], engine: str, precision: str, device: str, 
 
 
 def write_plot(report: dict, out_dir: Path) -> Path:
+    """Latency vs batch and where the time goes, at the reference clip length; with several
+    clip lengths, a third panel: end-to-end ms per clip vs clip length."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["results"]
+    lengths = lengths_of(report["settings"])
+    ref = reference_length(lengths) if lengths else None
+    every = report["results"]
+    rows = every if ref is None else at_length(every, ref)
     configs = list(dict.fromkeys((r["engine"], r["precision"], r["device"]) for r in rows))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    sweep = len(lengths) > 1
+    fig, axes = plt.subplots(1, 3 if sweep else 2, figsize=(19 if sweep else 13, 5))
+    ax1, ax2 = axes[0], axes[1]
     for cfg in configs:
         pts = sorted(
             (r["batch"], r["p50_ms"], r["p90_ms"])
@@ -290,7 +369,7 @@ def write_plot(report: dict, out_dir: Path) -> Path:
     ax1.set_yscale("log")
     ax1.set_xlabel("batch size")
     ax1.set_ylabel("end-to-end latency per batch (ms)")
-    ax1.set_title("Latency vs batch")
+    ax1.set_title("Latency vs batch" + (f" ({ref:g}-s clips)" if sweep else ""))
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=7)
 
@@ -306,12 +385,31 @@ def write_plot(report: dict, out_dir: Path) -> Path:
         bottoms = [x + y for x, y in zip(bottoms, vals)]
     ax2.set_xticks(range(len(bars)), [f"{cfg[0]}\n{cfg[1]}\n{cfg[2]}\nb{b}" for cfg, b in bars], fontsize=6)
     ax2.set_ylabel("ms per clip (p50 of each stage / batch)")
-    ax2.set_title("Where the time goes")
+    ax2.set_title("Where the time goes" + (f" ({ref:g}-s clips)" if sweep else ""))
     ax2.legend(fontsize=7)
-    fig.suptitle(
-        f"{report['machine_slug']}: {report['settings']['audio_seconds']} s clip + {report['settings']['text_words']}-word text",
-        fontsize=10,
-    )
+
+    if sweep:
+        ax3 = axes[2]
+        e2e = [r for r in every if r["stage"] == E2E]
+        colours = {cfg: f"C{i % 10}" for i, cfg in enumerate(configs)}  # one per configuration, as in the first panel
+        for g in dict.fromkeys(_key(r)[:4] for r in e2e):
+            if g[3] not in (min(batches), max(batches)) or g[:3] not in colours:
+                continue
+            pts = sorted((r["audio_seconds"], r["p50_ms"] / g[3]) for r in e2e if _key(r)[:4] == g and r.get("audio_seconds") is not None)
+            if pts:
+                xs, ys = zip(*pts)
+                style = "-" if g[3] == min(batches) else "--"
+                ax3.plot(xs, ys, marker="o", linestyle=style, color=colours[g[:3]], label=f"{' '.join(g[:3])} b{g[3]}")
+        ax3.set_xscale("log")
+        ax3.set_yscale("log")
+        ax3.set_xticks(sorted(lengths), [f"{x:g}" for x in sorted(lengths)])
+        ax3.set_xlabel("clip length (s)")
+        ax3.set_ylabel("end-to-end p50 per clip (ms)")
+        ax3.set_title("Latency vs clip length (smallest and largest batch)")
+        ax3.grid(True, which="both", alpha=0.3)
+        ax3.legend(fontsize=7)
+    clips = ", ".join(f"{x:g}" for x in lengths) if lengths else "?"
+    fig.suptitle(f"{report['machine_slug']}: {clips} s clip + {report['settings']['text_words']}-word text", fontsize=10)
     fig.tight_layout()
     path = out_dir / "latency.png"
     fig.savefig(path, dpi=110)

@@ -93,7 +93,10 @@ class OtherLoad:
     def __exit__(self, *exc: object) -> None:
         wall = (time.perf_counter() - self._t0) * (self._psutil.cpu_count() or 1)
         other = (self._busy() - self._sys0) - (self._own() - self._own0)
-        self.pct = max(0.0, 100.0 * other / wall) if wall > 0 else 0.0
+        # The kernel counts CPU time in 10-ms ticks, so a window of w core-seconds reads to
+        # about +-1 / w % (a full row: >= 2 s on each core, within 0.25 % on 2 cores); a
+        # --quick row of a few ms can read far off, so the share is clamped to what exists.
+        self.pct = min(100.0, max(0.0, 100.0 * other / wall)) if wall > 0 else 0.0
 
 
 class RssSampler:

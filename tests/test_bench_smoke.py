@@ -33,7 +33,7 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsy
         "--batch",
         "1,2",
         "--audio-seconds",
-        "0.5",
+        "0.5,1",
         "--text-words",
         "4",
         "--quick",
@@ -44,26 +44,34 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsy
     report = json.loads((out / "latency.json").read_text())
     assert report["schema"] == rep.SCHEMA and report["command"].startswith("python -m benchmarks.latency --model-dir")
     assert {"cpu", "threads", "gpu", "jetson", "versions", "loadavg_start", "loadavg_end"} <= set(report["machine"])
+    code = report["code"]  # the commit measured (None outside a git checkout)
+    assert code is None or (len(code["commit"]) == 40 and isinstance(code["modified_files"], list))
     rows = report["results"]
     assert all(ROW_KEYS <= set(r) for r in rows)
-    got = {(r["engine"], r["batch"], r["stage"]) for r in rows}
+    got = {(r["engine"], r["batch"], r["audio_seconds"], r["stage"]) for r in rows}
     for b in (1, 2):
-        for stage in ("decode", "resample", "tokenise", "frontend", "infer", "postprocess", "end_to_end"):
-            assert ("ort", b, stage) in got
-        for stage in ("load", "tokenise", "frontend", "infer", "postprocess", "end_to_end"):
-            assert ("baseline", b, stage) in got
+        for x in (0.5, 1.0):
+            for stage in ("decode", "resample", "tokenise", "frontend", "infer", "postprocess", "end_to_end"):
+                assert ("ort", b, x, stage) in got
+            for stage in ("load", "tokenise", "frontend", "infer", "postprocess", "end_to_end"):
+                assert ("baseline", b, x, stage) in got
+    assert report["settings"]["audio_seconds"] == [0.5, 1.0]
     for r in rows:
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["throughput_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["n"] >= 1
+        assert r["rtf"] == pytest.approx(r["p50_ms"] / (1e3 * r["audio_seconds"] * r["batch"]), rel=1e-3, abs=1e-6)
     e2e = [q for q in report["ratios"] if q["stage"] == "end_to_end"]
-    assert {q["batch"] for q in e2e} == {1, 2} and all(q["p50_speedup"] > 0 for q in e2e)
+    assert {(q["batch"], q["audio_seconds"]) for q in e2e} == {(1, 0.5), (2, 0.5), (1, 1.0), (2, 1.0)}
+    assert all(q["p50_speedup"] > 0 for q in e2e)
     # The baseline computes the same function as the engine: librosa MFCCs agree with the
     # graph's front-end to ~1e-3, which moves the tiny model's logits far less than 1e-2.
     (agree,) = report["agreement"]
     assert agree["items"] == 2 and agree["max_abs_logit_diff"] < 1e-2 and agree["same_label"] == 2
     assert report["targets"] == []  # quick runs never claim a target
     md = (out / "latency.md").read_text()
-    assert "| ort | fp32 | cpu | 2 |" in md and "## Agreement with the baseline" in md
+    assert "| ort | fp32 | cpu | 2 | 0.5 |" in md and "| ort | fp32 | cpu | 2 | 1 |" in md and "## Agreement with the baseline" in md
+    sweep = md.split("## Clip length")[1].split("##")[0]  # one row per configuration, a column per length
+    assert "| 0.5 s | 1 s |" in sweep and sweep.count("| ort | fp32 | cpu |") == 2 and sweep.count("| baseline |") == 2
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["complete"] is True and "Partial" not in md
 
@@ -153,8 +161,8 @@ def _rows(
     e2e_base: float, e2e_ort: float, b32_base: float, b32_ort: float, fe_base: float, fe_ort: float, tok_tput: float
 ) -> list[dict]:
     def row(engine, batch, stage, p50, tput=None):
-        return {"engine": engine, "precision": "fp32", "device": "cpu", "batch": batch, "stage": stage, "p50_ms": p50,
-                "throughput_per_s": tput if tput is not None else batch * 1e3 / p50}  # fmt: skip
+        return {"engine": engine, "precision": "fp32", "device": "cpu", "batch": batch, "stage": stage, "audio_seconds": 3.0,
+                "p50_ms": p50, "throughput_per_s": tput if tput is not None else batch * 1e3 / p50}  # fmt: skip
 
     return [
         row("baseline", 1, "end_to_end", e2e_base), row("ort", 1, "end_to_end", e2e_ort),
@@ -174,7 +182,14 @@ def test_targets_are_met_or_not_from_the_numbers():
     rows = _rows(30.0, 11.0, 960.0, 100.0, 64.0, 30.0, 40000.0)
     got = {t["target"]: t for t in rep.targets(rows, rep.ratios(rows), settings)}
     assert not any(t["met"] for t in got.values())
-    assert rep.targets(rows, rep.ratios(rows), {"audio_seconds": 1.0, "text_words": 12}) == []
+    assert rep.targets(rows, rep.ratios(rows), {"audio_seconds": [1.0], "text_words": 12}) == []
+    # in a clip-length sweep only the 3-s rows count: 10-s rows that would meet every target change nothing
+    met = [{**r, "audio_seconds": 10.0} for r in _rows(30.0, 9.0, 960.0, 90.0, 64.0, 16.0, 60000.0)]
+    swept = rep.targets(rows + met, rep.ratios(rows + met), {"audio_seconds": [3.0, 10.0], "text_words": 12})
+    assert [t["value"] for t in swept] == [t["value"] for t in got.values()] and not any(t["met"] for t in swept)
+    # reports written before the sweep existed: one number, rows without the field
+    old = [{k: v for k, v in r.items() if k != "audio_seconds"} for r in rows]
+    assert len(rep.targets(old, rep.ratios(old), {"audio_seconds": 3.0, "text_words": 12})) == 4
 
 
 def test_machine_info_and_slugs():
