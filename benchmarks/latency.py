@@ -36,6 +36,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from runtime.engines.ort import SPIN_MODES
 from runtime.errors import EmotionError
 from runtime.postprocess import postprocess
 from runtime.recognizer import EmotionRecognizer
-from runtime.spec import BUNDLED_MODEL_DIR
+from runtime.spec import BUNDLED_MODEL_DIR, load_spec
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ENGINES = ("ort", "torch", "trt")
@@ -160,6 +161,16 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
     Workload(1, lengths[0], args.text_words, args.input_rate)
+    try:  # clip lengths the model refuses would fail only after the baseline's rows
+        fe = load_spec(args.model_dir, verify=False).frontend
+    except EmotionError:
+        return  # the engines report an unusable folder, each with its reason
+    outside = [x for x in lengths if not fe.min_audio_seconds <= x <= fe.max_audio_seconds]
+    if outside:
+        raise ValueError(
+            f"--audio-seconds {', '.join(f'{x:g}' for x in outside)}: the model takes clips of "
+            f"{fe.min_audio_seconds:g} to {fe.max_audio_seconds:g} s"
+        )
 
 
 # ---------------------------------------------------------------- front-end alone
@@ -397,7 +408,7 @@ def run(args: argparse.Namespace, checkpoint: Callable[[dict], None] | None = No
     skipped: list[dict] = []
     base = load_baseline(args, skipped)
     info = machine_info()
-    code = code_version()
+    code = {**(code_version() or {}), "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows: list[dict] = []
     agree: list[dict] = []
     described: list[dict] = []

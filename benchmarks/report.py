@@ -146,9 +146,12 @@ def _machine_line(m: dict) -> str:
 
 
 def _code_line(code: dict) -> str:
+    """The commit measured (with any uncommitted changes) and when the run started."""
     changed = code.get("modified_files") or []
     extra = f", with uncommitted changes to {', '.join(changed)}" if changed else ""
-    return f"Code: commit {code['commit'][:12]}{extra}."
+    commit = f"commit {code['commit'][:12]}{extra}" if code.get("commit") else "not a git checkout"
+    started = f" Started {code['started_utc']}." if code.get("started_utc") else ""
+    return f"Code: {commit}.{started}"
 
 
 def _seconds(x) -> str:
@@ -156,8 +159,13 @@ def _seconds(x) -> str:
 
 
 def markdown(report: dict) -> str:
-    m, rows, s = report["machine"], report["results"], report["settings"]
+    m, s = report["machine"], report["settings"]
     lengths = lengths_of(s)
+    # rows written before the sweep existed carry no length: the run's one length is theirs
+    def own_length(items: list[dict]) -> list[dict]:
+        return [r if r.get("audio_seconds") is not None or len(lengths) != 1 else {**r, "audio_seconds": lengths[0]} for r in items]
+
+    rows = own_length(report["results"])
     lines = [
         f"# Latency: {report['machine_slug']}",
         "",
@@ -201,7 +209,7 @@ def markdown(report: dict) -> str:
         "| engine | precision | device | batch | clip s | p50 ms | p90 ms | p99 ms | min ms | utt/s | RTF | vs baseline p50 | vs baseline utt/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rat = {_key(r) + (r["stage"],): r for r in report["ratios"]}
+    rat = {_key(r) + (r["stage"],): r for r in own_length(report["ratios"])}
     for r in rows:
         if r["stage"] != E2E:
             continue
@@ -306,14 +314,14 @@ def write_markdown(report: dict, out_dir: Path) -> Path:
 PLOT_STAGES = ("audio prep", "MFCC", "tokenise", "model", "postprocess")
 
 
-def stage_breakdown(rows: list[dict], engine: str, precision: str, device: str, batch: int, seconds: float | None = None) -> dict[str, float]:
+def stage_breakdown(rows: list[dict], engine: str, precision: str, device: str, batch: int) -> dict[str, float]:
     """Additive ms-per-clip split of one configuration for the stacked bars.
 
     Engines run the MFCC inside the graph: ``model`` is ``infer`` minus the separately
     measured ``frontend`` (floored at 0)."""
     sel = {
         r["stage"]: r["p50_ms"] / batch
-        for r in (rows if seconds is None else at_length(rows, seconds))
+        for r in rows
         if (r["engine"], r["precision"], r["device"], r["batch"]) == (engine, precision, device, batch)
     }
     if engine == "baseline":

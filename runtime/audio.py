@@ -219,8 +219,8 @@ def check_rate(sample_rate: object, name: str = "audio") -> int:
 
 
 def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
-    """Float32 mono from a float or int16 array, 1-D, ``(samples, channels)`` or
-    ``(channels, samples)``."""
+    """Float32 mono from a float or int16 array, 1-D or ``(samples, channels)`` (as
+    ``decode`` returns; ``read_audio`` also turns a caller's ``(channels, samples)``)."""
     a = np.asarray(samples)
     is_int16 = a.dtype.kind == "i" and a.dtype.itemsize == 2  # either byte order
     if not is_int16 and not np.issubdtype(a.dtype, np.floating):
@@ -232,13 +232,7 @@ def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
         peak = _finite_peak(a)
         if np.isfinite(peak) and peak > MAX_PEAK:
             raise AudioError(_too_loud(name, peak))
-    if a.ndim == 2:
-        # (samples, channels) as soundfile returns, or (channels, samples) as torchaudio
-        # and librosa do: the longer axis is time, since no clip long enough to classify
-        # (min_audio_seconds) has fewer samples than channels, even from a 64-mic array.
-        if a.shape[0] < a.shape[1]:
-            a = a.T
-    elif a.ndim != 1:
+    if a.ndim not in (1, 2):
         raise AudioError(f"audio array must be 1-D, (samples, channels) or (channels, samples), got shape {a.shape}")
     scale = np.float32(1.0 / 32768.0) if is_int16 else None
     if a.ndim == 2:
@@ -339,6 +333,25 @@ def trim_silence(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     return audio[start:end]
 
 
+MAX_CHANNELS_FIRST = 64  # rows a (channels, samples) array may have: a microphone array, not a batch
+
+
+def samples_first(a: np.ndarray, name: str = "audio") -> np.ndarray:
+    """A caller's 2-D array as ``(samples, channels)``: a ``(channels, samples)`` one (as
+    torchaudio and librosa lay audio out) is transposed. The longer axis is time, since no
+    clip long enough to classify has fewer samples than channels. An array with more rows
+    than ``MAX_CHANNELS_FIRST`` but fewer than its columns is refused: it is far likelier a
+    stack of clips, which downmixing would silently average into one."""
+    if a.ndim != 2 or a.shape[0] >= a.shape[1]:
+        return a
+    if a.shape[0] > MAX_CHANNELS_FIRST:
+        raise AudioError(
+            f"{name}: a {a.shape[0]} x {a.shape[1]} array is neither (samples, channels) nor (channels, samples) with at most "
+            f"{MAX_CHANNELS_FIRST} channels; to classify several clips, pass a list of arrays (one prediction each)"
+        )
+    return a.T
+
+
 def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | None = None) -> tuple[np.ndarray, int, str]:
     """The first half of ``load_audio``: any accepted input -> ``(samples, rate, label)``,
     decoded but not yet downmixed or resampled (``label`` names the input in errors)."""
@@ -346,7 +359,7 @@ def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | Non
         label = name or "audio array"
         if sample_rate is None:
             raise AudioError(f"{label}: sample_rate is required when audio is passed as an array")
-        return data, check_rate(sample_rate, label), label
+        return samples_first(data, label), check_rate(sample_rate, label), label
     if isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
         label = name or (str(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
         samples, rate = decode(data, label)

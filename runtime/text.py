@@ -29,6 +29,7 @@ _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # After lowercasing, every printable ASCII character that is not [a-z0-9] or whitespace
 # is BERT punctuation and stands alone; runs of [a-z0-9] are words.
 _ASCII_PIECES = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
+_ASCII_PRINTABLE = re.compile(r"[!-~]")
 WORD_CACHE_SIZE = 1 << 16  # distinct words remembered (about 10 MB at most)
 
 
@@ -104,8 +105,13 @@ class TextEncoder:
         """Whether ``text`` tokenises to at least one token besides [CLS] and [SEP]. Blank
         text has none, and so has text made only of characters the normaliser drops
         (NUL and other control characters, zero-width spaces, lone combining accents)."""
-        if self._bert is not None and text.isascii():
-            return bool(_ASCII_CONTROL.sub("", text).strip())  # what the fast path keeps
+        if self._bert is not None:
+            # BERT's normaliser keeps every printable ASCII character, and each becomes (part
+            # of) a token; text with none is either ASCII controls and spaces, or needs a look.
+            if _ASCII_PRINTABLE.search(text):
+                return True
+            if text.isascii():
+                return False
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids) > 0
 
     def clear_cache(self) -> None:

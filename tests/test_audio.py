@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.audio import load_audio, pad_batch
+from runtime.audio import decode, load_audio, pad_batch, to_mono_float
 from runtime.errors import AudioDecodeError, AudioError
 from runtime.frontend import FrontendConfig
 from tests.helpers import DATA_ROOT, encode, requires_data, speechlike
@@ -39,6 +39,12 @@ def test_file_path_and_int16(tmp_path):
     mics = np.stack([y * (k + 1) / 16 for k in range(16)])
     for layout in (mics, mics.T, np.round(mics * 32767).astype(np.int16)):
         np.testing.assert_allclose(load_audio(layout, CFG, sample_rate=16000), y * 17 / 32, atol=1e-4)
+    # a stack of 65+ clips is refused, not averaged into one; decoded files stay (frames, channels)
+    with pytest.raises(AudioError, match="65 x 12800 array is neither .* pass a list of arrays"):
+        load_audio(np.tile(y, (65, 1)), CFG, sample_rate=16000)
+    many = np.random.default_rng(3).uniform(-0.5, 0.5, (30, 40)).astype(np.float32)  # 30 frames of 40 channels
+    samples, rate = decode(encode(many, 100, "WAV", "FLOAT"))
+    assert samples.shape == (30, 40) and to_mono_float(samples).shape == (30,)
 
 
 def test_resampling_is_band_limited():

@@ -44,8 +44,8 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsy
     report = json.loads((out / "latency.json").read_text())
     assert report["schema"] == rep.SCHEMA and report["command"].startswith("python -m benchmarks.latency --model-dir")
     assert {"cpu", "threads", "gpu", "jetson", "versions", "loadavg_start", "loadavg_end"} <= set(report["machine"])
-    code = report["code"]  # the commit measured (None outside a git checkout)
-    assert code is None or (len(code["commit"]) == 40 and isinstance(code["modified_files"], list))
+    code = report["code"]  # the commit measured (absent outside a git checkout) and the start time
+    assert code["started_utc"].endswith("+00:00") and ("commit" not in code or len(code["commit"]) == 40)
     rows = report["results"]
     assert all(ROW_KEYS <= set(r) for r in rows)
     got = {(r["engine"], r["batch"], r["audio_seconds"], r["stage"]) for r in rows}
@@ -69,6 +69,7 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsy
     assert agree["items"] == 2 and agree["max_abs_logit_diff"] < 1e-2 and agree["same_label"] == 2
     assert report["targets"] == []  # quick runs never claim a target
     md = (out / "latency.md").read_text()
+    assert f"Started {code['started_utc']}." in md
     assert "| ort | fp32 | cpu | 2 | 0.5 |" in md and "| ort | fp32 | cpu | 2 | 1 |" in md and "## Agreement with the baseline" in md
     sweep = md.split("## Clip length")[1].split("##")[0]  # one row per configuration, a column per length
     assert "| 0.5 s | 1 s |" in sweep and sweep.count("| ort | fp32 | cpu |") == 2 and sweep.count("| baseline |") == 2
@@ -125,7 +126,10 @@ def test_unavailable_engine_or_device_is_skipped_with_a_message(tiny_model_dir, 
 def test_bad_options_name_what_is_allowed(capsys):
     from benchmarks.latency import main
 
-    for argv, word in ((["--engine", "onnx"], "--engine"), (["--batch", "0"], "--batch"), (["--batch", "a"], "--batch")):
+    bad = [(["--engine", "onnx"], "--engine"), (["--batch", "0"], "--batch"), (["--batch", "a"], "--batch"),
+           (["--audio-seconds", "3,x"], "--audio-seconds"), (["--audio-seconds", "0"], "--audio-seconds"),
+           (["--audio-seconds", "3,31"], "--audio-seconds 31: the model takes clips of 0.25 to 30 s")]  # fmt: skip
+    for argv, word in bad:
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and word in capsys.readouterr().err
@@ -190,6 +194,12 @@ def test_targets_are_met_or_not_from_the_numbers():
     # reports written before the sweep existed: one number, rows without the field
     old = [{k: v for k, v in r.items() if k != "audio_seconds"} for r in rows]
     assert len(rep.targets(old, rep.ratios(old), {"audio_seconds": 3.0, "text_words": 12})) == 4
+    for r in old:
+        r.update(p90_ms=r["p50_ms"], p99_ms=r["p50_ms"], min_ms=r["p50_ms"], rtf=0.01, peak_rss_mb=1.0)
+    report = {"machine_slug": "m", "command": "c", "results": old, "ratios": rep.ratios(old), "targets": [],
+              "settings": {"audio_seconds": 3.0, "text_words": 12, "input_rate": 48000, "sample_rate": 16000, "budget": "b"},
+              "machine": {"cpu": {"model": "x", "usable_cores": 2, "logical_cores": 2, "memory_gb": 1}, "versions": {}, "threads": {}}}  # fmt: skip
+    assert "| ort | fp32 | cpu | 1 | 3 | 11.00 |" in rep.markdown(report) and "| 2.73x |" in rep.markdown(report)  # its one length
 
 
 def test_machine_info_and_slugs():

@@ -266,3 +266,26 @@ def test_import_runtime_does_not_import_torch():
     code = "import sys, runtime, runtime.predict, runtime.engines.ort; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_long_batches_are_split_by_padded_audio(rec, monkeypatch):
+    """``run`` caps each engine call at ``max_batch`` items and ``max_call_audio_seconds`` of
+    padded audio, shortest clips first, and the split changes no score."""
+    from runtime.recognizer import Item
+
+    sr = rec.sample_rate
+    items = [Item(np.zeros(int(s * sr), np.float32), None) for s in (2.0, 0.5, 3.0, 1.0, 2.5)] + [Item(None, "text only")]
+    monkeypatch.setattr(rec, "max_call_audio_seconds", 5.0)
+    # sorted: text (padded to min_samples), 0.5, 1, 2, 2.5, 3 s; 3 x 1 s fits, 4 x 2 s does not
+    assert rec.calls(items) == [[5, 1, 3], [0, 4], [2]]
+    monkeypatch.setattr(rec, "max_batch", 2)
+    assert rec.calls(items) == [[5, 1], [3, 0], [4], [2]]
+    monkeypatch.setattr(rec, "max_call_audio_seconds", 2.0)
+    assert rec.calls(items) == [[5, 1], [3], [0], [4], [2]]  # longer than the cap: alone
+    clips = [speechlike(s, seed=i) for i, s in enumerate((2.0, 0.5, 3.0, 1.0, 2.5))]
+    split = rec.predict(audio=clips, text=["a", None, "b", "c", None], sample_rate=sr)
+    monkeypatch.setattr(rec, "max_call_audio_seconds", float("inf"))
+    monkeypatch.setattr(rec, "max_batch", 32)
+    whole = rec.predict(audio=clips, text=["a", None, "b", "c", None], sample_rate=sr)
+    for a, b in zip(split, whole):
+        assert a.label == b.label and max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
