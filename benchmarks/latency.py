@@ -289,7 +289,9 @@ def engine_rows(
     decoded = [decode(c) for c in clips]
     mono = [resample(to_mono_float(s), rate, sr) for s, rate in decoded]
     items = [rec.prepare(m, t, sample_rate=sr) for m, t in zip(mono, texts)]
-    feed = rec.build_feed(items)
+    # the engine calls predict() makes of the batch (long clips: several, see EmotionRecognizer.calls)
+    feeds = [rec.build_feed([items[i] for i in idx]) for idx in rec.calls(items)]
+    feed = rec.build_feed(items)  # all of it at once, for post-processing
     logits = rec.engine.infer(feed)
     durations = [m.size / sr for m in mono]
     stages: list[tuple[str, Callable, Callable]] = [
@@ -301,9 +303,9 @@ def engine_rows(
     ]
     if not isinstance(frontend, str):
         run, sync = frontend
-        stages.append(("frontend", lambda: run(feed["audio"], feed["audio_lengths"]), sync))
+        stages.append(("frontend", lambda: [run(f["audio"], f["audio_lengths"]) for f in feeds], sync))
     stages += [
-        ("infer", lambda: rec.engine.infer(feed), no_sync),
+        ("infer", lambda: [rec.engine.infer(f) for f in feeds], no_sync),
         (
             "postprocess",
             lambda: postprocess(logits, rec.labels, feed["has_audio"], feed["has_text"], rec.spec.temperature, durations),
