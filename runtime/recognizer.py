@@ -3,7 +3,7 @@
     from runtime import EmotionRecognizer
     rec = EmotionRecognizer.load()                      # bundled weights, ONNX Runtime
     rec.predict(audio="clip.wav", text="I can't believe it")
-    rec.predict(audio=[a, b, c], sample_rate=16000)    # one engine call for the batch
+    rec.predict(audio=[a, b, c], sample_rate=16000)    # batched engine calls
 
 Pipeline: ``prepare`` (decode, downmix, resample, validate; check text) ->
 ``build_feed`` (pad audio, tokenise in one batch) -> ``Engine.infer`` ->

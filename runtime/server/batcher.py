@@ -1,8 +1,9 @@
-"""Dynamic batching: requests from every connection share one engine call per batch.
+"""Dynamic batching: requests from every connection share the engine calls of a batch.
 
 ``submit(item)`` puts a prepared item on a bounded queue and returns a future. One
 collector task takes the first waiting item, waits at most ``max_delay_ms`` for up to
-``max_batch - 1`` more, and runs ``recognizer.run(batch)`` on a worker thread, so the
+``max_batch - 1`` more, and runs ``recognizer.run(batch)`` on a worker thread (one engine
+call, or several for long clips: ``EmotionRecognizer.calls``), so the
 event loop keeps accepting and decoding requests while the engine works. Each future
 gets its own prediction; an exception from the engine fails only that batch's futures.
 """
