@@ -47,9 +47,18 @@ def lengths_of(settings: dict) -> list[float]:
     return [float(v) for v in x] if isinstance(x, (list, tuple)) else [float(x)] if x is not None else []
 
 
+def with_lengths(items: list[dict], settings: dict) -> list[dict]:
+    """``items`` (result or ratio rows) each naming its clip length: rows written before
+    the sweep existed lack it, and were all measured at their run's one length."""
+    lengths = lengths_of(settings)
+    if len(lengths) != 1:
+        return items
+    return [r if r.get("audio_seconds") is not None else {**r, "audio_seconds": lengths[0]} for r in items]
+
+
 def at_length(rows: list[dict], seconds: float) -> list[dict]:
-    """The rows measured at clip length ``seconds`` (rows without the field count as it)."""
-    return [r for r in rows if r.get("audio_seconds") in (None, seconds)]
+    """The rows measured at clip length ``seconds``."""
+    return [r for r in rows if r.get("audio_seconds") == seconds]
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -87,7 +96,7 @@ def targets(rows: list[dict], ratio_rows: list[dict], settings: dict) -> list[di
     seconds, words = TARGET_WORKLOAD
     if seconds not in lengths_of(settings) or settings.get("text_words") != words:
         return []
-    rows, ratio_rows = at_length(rows, seconds), at_length(ratio_rows, seconds)
+    rows, ratio_rows = (at_length(with_lengths(x, settings), seconds) for x in (rows, ratio_rows))
     eng, prec, dev = TARGET_ENGINE
     key = {"engine": eng, "precision": prec, "device": dev}
     out = []
@@ -161,11 +170,7 @@ def _seconds(x) -> str:
 def markdown(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     lengths = lengths_of(s)
-    # rows written before the sweep existed carry no length: the run's one length is theirs
-    def own_length(items: list[dict]) -> list[dict]:
-        return [r if r.get("audio_seconds") is not None or len(lengths) != 1 else {**r, "audio_seconds": lengths[0]} for r in items]
-
-    rows = own_length(report["results"])
+    rows = with_lengths(report["results"], s)
     lines = [
         f"# Latency: {report['machine_slug']}",
         "",
@@ -209,7 +214,7 @@ def markdown(report: dict) -> str:
         "| engine | precision | device | batch | clip s | p50 ms | p90 ms | p99 ms | min ms | utt/s | RTF | vs baseline p50 | vs baseline utt/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rat = {_key(r) + (r["stage"],): r for r in own_length(report["ratios"])}
+    rat = {_key(r) + (r["stage"],): r for r in with_lengths(report["ratios"], s)}
     for r in rows:
         if r["stage"] != E2E:
             continue
@@ -355,7 +360,7 @@ def write_plot(report: dict, out_dir: Path) -> Path:
 
     lengths = lengths_of(report["settings"])
     ref = reference_length(lengths) if lengths else None
-    every = report["results"]
+    every = with_lengths(report["results"], report["settings"])
     rows = every if ref is None else at_length(every, ref)
     configs = list(dict.fromkeys((r["engine"], r["precision"], r["device"]) for r in rows))
     sweep = len(lengths) > 1

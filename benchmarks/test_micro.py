@@ -173,3 +173,22 @@ def test_prepare_32_clips(benchmark, spec, wav_clips, prepare_threads):
     assert len(items) == len(args) and all(it.audio is not None for it in items)
     _per(benchmark, len(args), "clip")
     rec.close()
+
+
+@pytest.mark.parametrize("seconds", [3.0, 10.0])
+@pytest.mark.parametrize("cap", ["one_call", "split"])
+def test_run_32_clips_split(benchmark, spec, seconds, cap):
+    """``EmotionRecognizer.run`` on 32 prepared clips with its default cap on padded audio
+    per engine call (``split``: 96 s, so ten-second clips go in calls of 9) and with none
+    (``one_call``). Three-second batches are one call either way."""
+    from runtime.recognizer import EmotionRecognizer
+
+    rec = EmotionRecognizer.load(MODEL_DIR, engine="ort")
+    if cap == "one_call":
+        rec.max_call_audio_seconds = float("inf")
+    items = [rec.prepare(speechlike(seconds, seed=i), t, sample_rate=rec.sample_rate) for i, t in enumerate(make_sentences(32))]
+    preds = benchmark(rec.run, items)
+    assert len(preds) == 32
+    benchmark.extra_info["engine_calls"] = len(rec.calls(items))
+    _per(benchmark, len(items), "clip")
+    rec.close()

@@ -51,12 +51,9 @@ class EmotionRecognizer:
 
     # Padded audio per engine call: a batch holding more is split into calls of up to this
     # much (a clip longer than it runs alone). Beyond about this the MFCC graph's
-    # intermediates outgrow the CPU caches: 32 ten-second clips took 182.9 ms in one ONNX
-    # Runtime call and 159.8 ms in four calls of 8, while 32 three-second clips cost the
-    # same either way (50.1 vs 50.8 ms); end to end, 32 ten-second clips took 226.3 ms
-    # unsplit, 213.1 ms at 96 s per call and 207.6 ms at 64 s, and 32 three-second clips
-    # 73.8, 72.6 and 72.0 ms (medians of four interleaved rounds; scratch timings on the
-    # 2-core build VM). 96 s keeps a batch of 32 three-second clips in one call.
+    # intermediates outgrow the CPU caches: ``run`` on 32 ten-second clips took 193.6 ms in
+    # one call and 177.9 ms in calls of 9; 32 three-second clips (96 s: one call) 57.7 vs
+    # 57.3 ms (``pytest benchmarks --benchmark-only -k run_32``, medians, 2-core build VM).
     max_call_audio_seconds = 96.0
 
     def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):

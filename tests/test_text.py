@@ -41,6 +41,20 @@ def test_fast_path_equals_rust_tokenizer_on_fuzzed_ascii(tokenizer_file):
     assert lengths.max() == 32  # truncated to max_tokens, [SEP] kept
 
 
+def test_has_words_equals_the_tokenizer_on_fuzzed_text(tokenizer_file):
+    """``has_words`` (a printable-ASCII shortcut, else the tokenizer) says exactly whether
+    the tokenizer gives any token, on text full of what the BERT normaliser drops."""
+    enc = TextEncoder(tokenizer_file)
+    rng = random.Random(1)
+    dropped = ["\x00", "\x01", "\x1f", "\x7f", " ", "\t", "\n", "\u200b", "\u200d", "\ufeff", "\u0301", "\u034f", "\u00a0", "\u3000", "\u2028", "\u0085"]
+    kept = ["a", "Z", "7", "!", "[", "~", "\u00e9", "\u4e2d", "\U0001f600", "\u00df"]
+    texts = ["".join(rng.choice(dropped if rng.random() < 0.9 else kept) for _ in range(rng.randint(0, 8))) for _ in range(5000)]
+    texts += _fuzz_texts(1000, seed=2)
+    for t in texts:
+        assert enc.has_words(t) == (len(enc.tokenizer.encode(t, add_special_tokens=False).ids) > 0), repr(t)
+    assert sum(map(enc.has_words, texts[:5000])) not in (0, 5000)  # both answers occur
+
+
 @pytest.mark.parametrize("text", ["Café crème, s'il vous plaît", "你好 world", "a [MASK] here", "[CLS] twice", "naïve\u00a0space"])
 def test_other_text_goes_through_rust_and_batches_mix(tokenizer_file, text):
     enc = TextEncoder(tokenizer_file)
