@@ -12,9 +12,10 @@
 #          are listed as skipped), the librosa + PyTorch-eager baseline on the same GPU, batch
 #          sizes $BATCHES (default 1,8,64), 3-s clips and 12-word texts: OUT_DIR/latency.*
 #       3. the tests marked requires_cuda / requires_trt: OUT_DIR/tests.log
-#       Bounded by $LATENCY_TIMEOUT (default 420) and $TESTS_TIMEOUT (default 120) seconds;
-#       latency.json/.md are rewritten after the baseline and after each engine, so a run cut
-#       short keeps what it measured (marked partial; the plot is drawn at the end).
+#       Bounded by $LATENCY_TIMEOUT (default 420) and $TESTS_TIMEOUT (default 300: the
+#       requires_trt tests build engines) seconds; latency.json/.md are rewritten after the
+#       baseline and after each engine's rows at each batch size, so a run cut short keeps
+#       what it measured (marked partial, and the plot is drawn from it).
 #       Exit status: 0, or 1 if a step failed or timed out (the logs say which).
 #
 #   bash benchmarks/gpu_rows.sh wheels DIR [PYTHON_VERSION]
@@ -64,9 +65,18 @@ run() {
     local rc=0
     timeout -k 10 "${LATENCY_TIMEOUT:-420}" python3 -m benchmarks.latency --engine torch,ort,trt --precision fp32,fp16,int8 --device cuda \
         --batch "${BATCHES:-1,8,64}" --audio-seconds 3 --text-words 12 --retries 1 --max-other-cpu 50 --out "$out" \
-        2>&1 | tee "$out/latency.log" || { rc=1; echo "gpu_rows: the latency run failed or timed out (exit ${PIPESTATUS[0]})" >&2; }
-    timeout -k 10 "${TESTS_TIMEOUT:-120}" python3 -m pytest -q -p no:cacheprovider -m "requires_cuda or requires_trt" -rs tests \
-        2>&1 | tee "$out/tests.log" || { rc=1; echo "gpu_rows: the GPU tests failed or timed out (exit ${PIPESTATUS[0]})" >&2; }
+        2>&1 | tee "$out/latency.log" || {
+        st=${PIPESTATUS[0]} rc=1  # read PIPESTATUS first: any other command resets it
+        echo "gpu_rows: the latency run $([ "$st" = 124 ] && echo "timed out" || echo "failed (exit $st)")" >&2
+        # a run cut short wrote latency.json/.md at its last checkpoint, but no plot
+        [ -s "$out/latency.json" ] && python3 -c 'import json, sys; from pathlib import Path; from benchmarks import report
+p = Path(sys.argv[1]); report.write_plot(json.loads((p / "latency.json").read_text()), p)' "$out" || true
+    }
+    timeout -k 10 "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -m "requires_cuda or requires_trt" -rs tests \
+        2>&1 | tee "$out/tests.log" || {
+        st=${PIPESTATUS[0]} rc=1
+        echo "gpu_rows: the GPU tests $([ "$st" = 124 ] && echo "timed out" || echo "failed (exit $st)")" >&2
+    }
     return $rc
 }
 

@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rep
-from benchmarks.machine import TegraStats, code_version, gpu_memory_mb, loadavg, machine_info, machine_slug, thread_settings
+from benchmarks.machine import GpuMemory, TegraStats, code_version, loadavg, machine_info, machine_slug, thread_settings
 from benchmarks.timing import FULL, QUICK, Budget, measure_quiet, no_sync
 from benchmarks.workload import Workload, make_requests
 from runtime.audio import decode, resample, to_mono_float
-from runtime.engines.ort import SPIN_MODES
+from runtime.engines.ort import SPIN_MODES, require_cuda_provider
 from runtime.errors import EmotionError
 from runtime.postprocess import postprocess
 from runtime.recognizer import EmotionRecognizer
@@ -231,6 +231,11 @@ def frontend_runner(
         opts.add_session_config_entry(key, value)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    if device == "cuda":
+        try:
+            require_cuda_provider(sess, "the front-end graph alone")
+        except EmotionError as e:
+            return str(e)
     return (lambda audio, lengths: sess.run(None, {"audio": audio, "audio_lengths": lengths})), no_sync
 
 
@@ -238,11 +243,16 @@ def frontend_runner(
 
 
 def measure_row(
-    engine: str, precision: str, device: str, batch: int, stage: str, fn: Callable, sync: Callable, budget: Budget, seconds: float
+    engine: str, precision: str, device: str, batch: int, stage: str, fn: Callable, sync: Callable, budget: Budget, seconds: float,
+    gpu: GpuMemory | None = None,
 ) -> dict:
     """Measure one row (re-measured while the machine was shared, see ``--max-other-cpu``) and print it."""
+    if gpu is not None and device == "cuda":
+        gpu.start_row()
     stats, attempts = measure_quiet(fn, budget, sync)
     row = make_row(engine, precision, device, batch, stage, stats, seconds)
+    if gpu is not None and device == "cuda":
+        row["gpu_mem_mb"], row["gpu_mem_method"] = gpu.row(engine)
     row["attempts"] = attempts
     print(_row_line(row), flush=True)
     return row
@@ -270,7 +280,7 @@ def make_row(engine: str, precision: str, device: str, batch: int, stage: str, s
         "rtf": round(d["p50_ms"] / (1e3 * audio_seconds * batch), 6),
         "peak_rss_mb": round(d["peak_rss_mb"], 1),
         "other_cpu_pct": round(d["other_cpu_pct"], 1),
-        "gpu_mem_mb": gpu_memory_mb() if device == "cuda" else None,
+        "gpu_mem_mb": None,  # filled in by measure_row on a GPU (GpuMemory)
     }
 
 
@@ -283,8 +293,10 @@ def engine_rows(
     texts: list[str],
     budget: Budget,
     seconds: float,
+    gpu: GpuMemory | None = None,
 ) -> list[dict]:
-    """Every stage of one engine at one batch size, then end to end."""
+    """Every stage of one engine at one batch size, then end to end. Each row names the
+    number of engine calls ``predict`` makes of the batch (``engine_calls``)."""
     sr, batch, name = rec.sample_rate, len(clips), rec.engine.name
     decoded = [decode(c) for c in clips]
     mono = [resample(to_mono_float(s), rate, sr) for s, rate in decoded]
@@ -313,10 +325,13 @@ def engine_rows(
         ),
         (rep.E2E, lambda: rec.predict(audio=clips, text=texts), no_sync),
     ]
-    return [measure_row(name, precision, device, batch, stage, fn, sync, budget, seconds) for stage, fn, sync in stages]
+    rows = [measure_row(name, precision, device, batch, stage, fn, sync, budget, seconds, gpu) for stage, fn, sync in stages]
+    return [{**r, "engine_calls": len(feeds)} for r in rows]
 
 
-def baseline_rows(base, device: str, clips: list[bytes], texts: list[str], budget: Budget, seconds: float) -> list[dict]:
+def baseline_rows(
+    base, device: str, clips: list[bytes], texts: list[str], budget: Budget, seconds: float, gpu: GpuMemory | None = None
+) -> list[dict]:
     """The baseline's stages (each a loop over the clips) and end to end."""
     ys = [base.load(c) for c in clips]
     feats = [base.features(y) for y in ys]
@@ -330,7 +345,7 @@ def baseline_rows(base, device: str, clips: list[bytes], texts: list[str], budge
         ("postprocess", lambda: [base.postprocess(z) for z in logits], no_sync),
         (rep.E2E, lambda: base.predict(clips, texts), base.sync),
     ]
-    return [measure_row("baseline", "fp32", device, len(clips), stage, fn, sync, budget, seconds) for stage, fn, sync in stages]
+    return [measure_row("baseline", "fp32", device, len(clips), stage, fn, sync, budget, seconds, gpu) for stage, fn, sync in stages]
 
 
 def agreement(rec: EmotionRecognizer, precision: str, device: str, base, clips: list[bytes], texts: list[str]) -> dict:
@@ -380,9 +395,13 @@ def load_engine(
         return EmotionRecognizer.load(
             args.model_dir, engine=engine, precision=precision, device=args.device, max_batch=max(batches), **kwargs
         )
-    except (EmotionError, ValueError, RuntimeError, ImportError) as e:
+    except (EmotionError, ValueError, ImportError) as e:  # cannot run here: the message says why
         print(f"skipping {what}: {e}", file=sys.stderr)
         skipped.append({"what": what, "reason": str(e)})
+        return None
+    except Exception as e:  # noqa: BLE001 - a CUDA / pycuda / TensorRT failure: go on with the other engines
+        print(f"skipping {what}: loading failed: {e!r}", file=sys.stderr)
+        skipped.append({"what": what, "reason": f"loading failed: {e!r}"})
         return None
 
 
@@ -401,8 +420,11 @@ def load_baseline(args: argparse.Namespace, skipped: list[dict]):
 
 def run(args: argparse.Namespace, checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Measure everything ``args`` asks for; returns the report (not yet written).
-    ``checkpoint`` gets the report so far (``complete: False``) after the baseline and
-    after each engine, so a run cut short keeps what it measured."""
+    ``checkpoint`` gets the report so far (``complete: False``) after the baseline and after
+    each engine's rows at each batch size and clip length, so a run cut short keeps what it
+    measured. An engine that fails while loading or measuring (a CUDA error, out of GPU
+    memory) is recorded in ``skipped`` with what it had measured kept, and the run goes on
+    to the next engine."""
     validate_args(args)
     batches = _csv(args.batch, int)
     lengths = list(dict.fromkeys(_csv(args.audio_seconds, float)))
@@ -420,33 +442,51 @@ def run(args: argparse.Namespace, checkpoint: Callable[[dict], None] | None = No
 
     def assemble(complete: bool) -> dict:
         return _report(args, budget, batches, lengths, code, dict(info), list(rows), list(described), list(agree), list(skipped), sample_rate, complete)
+    gpu = GpuMemory() if args.device == "cuda" else None
     with tempfile.TemporaryDirectory() as tmp, TegraStats() as tegra:
         if base is not None:
             for batch, seconds in sizes:
-                rows += baseline_rows(base, args.device, *workloads[batch, seconds], budget, seconds)
+                rows += baseline_rows(base, args.device, *workloads[batch, seconds], budget, seconds, gpu)
             if checkpoint and rows:
                 checkpoint(assemble(False))
         # One engine loaded at a time: idle sessions of other engines in the same process
         # (their thread pools) were measured to double an engine's batch-1 latency.
         for engine, precision in engine_configs(args):
+            if gpu is not None:
+                gpu.mark()
             rec = load_engine(args, engine, precision, batches, skipped)
             if rec is None:
                 continue
-            sample_rate = rec.sample_rate
-            fe = frontend_runner(engine, rec, args.device, args.threads, Path(tmp), spin=args.ort_spin)
-            if isinstance(fe, str):
-                skipped.append({"what": f"frontend stage of {engine} {precision}", "reason": fe})
-            described.append({**rec.engine.describe(), **({"frontend_stage": "not measured"} if isinstance(fe, str) else {})})
-            info["threads"] = thread_settings()  # live settings once an engine has set them
             dev = engine_device(engine, args.device)
-            for batch, seconds in sizes:
-                rows += engine_rows(rec, precision, dev, fe, *workloads[batch, seconds], budget, seconds)
-            if base is not None:
-                ref = rep.reference_length(lengths)
-                agree.append({**agreement(rec, precision, dev, base, *workloads[max(batches), ref]), "audio_seconds": ref})
-            rec.close()
-            del rec, fe
-            gc.collect()
+            step = "loading its front-end stage"
+            try:
+                sample_rate = rec.sample_rate
+                fe = frontend_runner(engine, rec, args.device, args.threads, Path(tmp), spin=args.ort_spin)
+                if isinstance(fe, str):
+                    skipped.append({"what": f"frontend stage of {engine} {precision}", "reason": fe})
+                described.append({**rec.engine.describe(), **({"frontend_stage": "not measured"} if isinstance(fe, str) else {})})
+                info["threads"] = thread_settings()  # live settings once an engine has set them
+                for batch, seconds in sizes:
+                    step = f"measuring batch {batch}, {seconds:g}-s clips"
+                    rows += engine_rows(rec, precision, dev, fe, *workloads[batch, seconds], budget, seconds, gpu)
+                    if checkpoint:
+                        checkpoint(assemble(False))
+                if base is not None:
+                    step = "comparing its logits with the baseline's"
+                    ref = rep.reference_length(lengths)
+                    agree.append({**agreement(rec, precision, dev, base, *workloads[max(batches), ref]), "audio_seconds": ref})
+            except Exception as e:  # noqa: BLE001 - one engine's failure must not lose the others' rows
+                what = f"engine {engine} {precision} on {dev}"
+                print(f"{what} failed while {step}: {e!r}; going on with the next engine", file=sys.stderr)
+                skipped.append({"what": what, "reason": f"failed while {step}: {e!r} (rows measured before it are kept)"})
+            finally:
+                try:
+                    rec.close()
+                except Exception as e:  # noqa: BLE001
+                    print(f"closing engine {engine} {precision} failed: {e!r}", file=sys.stderr)
+                del rec
+                fe = None
+                gc.collect()
             if checkpoint and rows:
                 checkpoint(assemble(False))
         info["tegrastats"] = tegra.summary()

@@ -117,19 +117,19 @@ def thread_settings() -> dict:
 def gpu_info() -> dict | None:
     """GPU name, driver, CUDA and cuDNN versions (``nvidia-smi`` and PyTorch), or None."""
     info: dict = {}
-    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
-    if smi:
-        name, driver, mem = [s.strip() for s in smi.splitlines()[0].split(",")]
-        info.update(name=name, driver=driver, memory_total=mem)
-        header = _run(["nvidia-smi"]) or ""
-        m = re.search(r"CUDA Version:\s*([\d.]+)", header)
-        info["cuda_driver_api"] = m.group(1) if m else None
-    if "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        if torch.cuda.is_available():
-            info.setdefault("name", torch.cuda.get_device_name(0))
-            info["torch_cuda"] = torch.version.cuda
-            info["cudnn"] = torch.backends.cudnn.version()
+    smi = _run(["nvidia-smi", "-i", visible_gpu(), "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    for line in (smi or "").splitlines():  # the first line of three fields (skips warnings)
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 3:
+            info.update(name=fields[0], driver=fields[1], memory_total=fields[2])
+            m = re.search(r"CUDA Version:\s*([\d.]+)", _run(["nvidia-smi"]) or "")
+            info["cuda_driver_api"] = m.group(1) if m else None
+            break
+    torch = _torch_cuda()
+    if torch is not None:
+        info["name"] = torch.cuda.get_device_name()  # the GPU this process uses
+        info["torch_cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
     return info or None
 
 
@@ -204,29 +204,74 @@ def machine_slug(info: dict) -> str:
     return slug or "unknown"
 
 
-def gpu_memory_mb() -> float | None:
-    """GPU memory this process holds: PyTorch's peak when it drove the GPU, else the
-    process's entry in ``nvidia-smi`` (ONNX Runtime / TensorRT); None without a GPU."""
+def _torch_cuda():
+    """The loaded torch module when it can use a CUDA GPU, else None (never imports torch)."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        peak = torch.cuda.max_memory_reserved()
-        if peak:
-            return round(peak / 2**20, 1)
-    out = _run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
-    if not out:
+    return torch if torch is not None and torch.cuda.is_available() else None
+
+
+def visible_gpu() -> str:
+    """The first GPU this process may use, as ``nvidia-smi -i`` takes it (an index or a UUID
+    from ``CUDA_VISIBLE_DEVICES``; nvidia-smi itself ignores that variable)."""
+    return (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+
+
+def device_used_mb() -> tuple[float, str] | None:
+    """Memory in use on the GPU this process runs on, whoever holds it, and how it was read."""
+    torch = _torch_cuda()
+    if torch is not None:
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20, "torch.cuda.mem_get_info"
+    out = _run(["nvidia-smi", "-i", visible_gpu(), "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    try:
+        return float(out.splitlines()[0]), "nvidia-smi"  # type: ignore[union-attr]
+    except (AttributeError, IndexError, ValueError):  # no nvidia-smi, "[N/A]", a warning line
         return None
-    for line in out.splitlines():
-        pid, used = [s.strip() for s in line.split(",")[:2]]
-        if pid == str(os.getpid()):
-            return float(used)
-    return None
+
+
+class GpuMemory:
+    """Peak GPU memory of each measured row: ``row()`` gives ``(MB, how it was measured)``.
+
+    - Rows that run in PyTorch (the torch engine and the baseline): the peak of PyTorch's
+      caching allocator during the row (``torch.cuda.max_memory_reserved``, its peak reset
+      by ``start_row``). The CUDA context itself (a few hundred MB) is not in it.
+    - Other engines allocate outside PyTorch (ONNX Runtime's arena, TensorRT's execution
+      context and its pycuda buffers), and keep what their first calls allocated: the GPU's
+      used memory after the row minus its reading before the engine was loaded (``mark``).
+      Other processes using the same GPU meanwhile would count too.
+    """
+
+    TORCH_ENGINES = ("torch", "baseline")
+
+    def __init__(self) -> None:
+        self.level: tuple[float, str] | None = None
+
+    def mark(self) -> None:
+        """Before loading an engine: the GPU's used memory that is not its."""
+        self.level = device_used_mb()
+
+    def start_row(self) -> None:
+        torch = _torch_cuda()
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+
+    def row(self, engine: str) -> tuple[float | None, str | None]:
+        if engine in self.TORCH_ENGINES:
+            torch = _torch_cuda()
+            if torch is None or not torch.cuda.is_initialized():
+                return None, None
+            return round(torch.cuda.max_memory_reserved() / 2**20, 1), "peak of PyTorch's allocator during the row"
+        now = device_used_mb()
+        if now is None or self.level is None:
+            return None, None
+        return round(max(now[0] - self.level[0], 0.0), 1), f"GPU memory used after the row minus before the engine loaded ({now[1]})"
 
 
 class TegraStats:
     """Samples ``tegrastats`` in the background (Jetson only; a no-op elsewhere).
 
     The summary holds the mean and max of RAM used, CPU load (mean over cores), GPU
-    load (``GR3D_FREQ``) and board input power (``VDD_IN`` or ``POM_5V_IN``), plus the
+    load (``GR3D_FREQ``) and board input power (``POWER_IN``'s rail), plus the
     first raw line so that fields this parser does not know are still recorded.
     """
 
@@ -270,6 +315,11 @@ class TegraStats:
         return {"interval_ms": self.interval_ms, "samples": len(self.lines), **summarise_tegrastats(self.lines)}
 
 
+# The board's input power rail in tegrastats: VDD_IN (Orin NX / Nano, Xavier NX), POM_5V_IN
+# (Nano, TX2), VIN_SYS_5V0 (AGX Orin, which has no VDD_IN).
+POWER_IN = re.compile(r"\b(VDD_IN|POM_5V_IN|VIN_SYS_5V0) (\d+)mW")
+
+
 def parse_tegrastats(line: str) -> dict[str, float]:
     """The fields of one ``tegrastats`` line this module summarises."""
     out: dict[str, float] = {}
@@ -284,16 +334,17 @@ def parse_tegrastats(line: str) -> dict[str, float]:
     m = re.search(r"GR3D_FREQ (\d+)%", line)
     if m:
         out["gpu_load_pct"] = float(m.group(1))
-    m = re.search(r"(?:VDD_IN|POM_5V_IN) (\d+)mW", line)
+    m = POWER_IN.search(line)
     if m:
-        out["power_in_mw"] = float(m.group(1))
+        out["power_in_mw"] = float(m.group(2))
     return out
 
 
 def summarise_tegrastats(lines: list[str]) -> dict:
     parsed = [parse_tegrastats(line) for line in lines]
     keys = sorted({k for p in parsed for k in p})
-    out: dict = {"first_line": lines[0] if lines else None}
+    rails = {m.group(1) for m in map(POWER_IN.search, lines) if m}
+    out: dict = {"first_line": lines[0] if lines else None, "power_in_rail": ",".join(sorted(rails)) or None}
     for k in keys:
         vals = [p[k] for p in parsed if k in p]
         out[k] = {"mean": round(sum(vals) / len(vals), 1), "max": max(vals)}

@@ -10,6 +10,7 @@ clip lengths lack it, and are read as measured at the run's one length.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +134,17 @@ def targets(rows: list[dict], ratio_rows: list[dict], settings: dict) -> list[di
     return out
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: the checkpoints of a run that a time limit stops
+    (``gpu_rows.sh``) must not leave half a file."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_json(report: dict, out_dir: Path) -> Path:
     path = out_dir / "latency.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    replace_text(path, json.dumps(report, indent=1) + "\n")
     return path
 
 
@@ -256,7 +265,7 @@ def markdown(report: dict) -> str:
             "before batching (decode, resample, checks, silence trimming) for all clips on the recognizer's threads; "
             "`tokenise_cold` empties the tokenizer's word cache before each call; "
             "`frontend` is the MFCC graph alone on the engine's backend (inside `infer` in a real call); "
-            "`infer` is the engine calls `predict` makes for the batch (MFCC + network; one call unless the batch holds more "
+            "`infer` is the engine calls `predict` makes for the batch (MFCC + network; one call unless a CPU engine's batch holds more "
             "than `EmotionRecognizer.max_call_audio_seconds` of padded audio). Baseline stages: `load` is `librosa.load` (decode + resample), "
             "`frontend` is `librosa.feature.mfcc` + CMVN, `infer` is the PyTorch eager forward, each per clip. "
             "The last column is the CPU other processes used while the rows ran (% of all cores): rows measured "
@@ -264,6 +273,16 @@ def markdown(report: dict) -> str:
         ),
         "",
     ]
+    split = sorted({(r["engine"], r["precision"], r["device"], r["batch"], r.get("audio_seconds"), r["engine_calls"]) for r in rows if r.get("engine_calls", 1) > 1})
+    if split:
+        lines += [
+            "Batches that `predict` ran as several engine calls: "
+            + "; ".join(f"{e} {p} {d} batch {b} ({_seconds(x)}-s clips): {n} calls" for e, p, d, b, x, n in split),
+            "",
+        ]
+    methods = sorted({r["gpu_mem_method"] for r in rows if r.get("gpu_mem_method")})
+    if methods:
+        lines += ["GPU MB: " + "; ".join(methods) + ".", ""]
     if report.get("agreement"):
         lines += ["## Agreement with the baseline", ""]
         for a in report["agreement"]:
@@ -313,7 +332,7 @@ def clip_length_table(rows: list[dict], rat: dict, lengths: list[float]) -> list
 
 def write_markdown(report: dict, out_dir: Path) -> Path:
     path = out_dir / "latency.md"
-    path.write_text(markdown(report))
+    replace_text(path, markdown(report))
     return path
 
 

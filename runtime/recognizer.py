@@ -49,11 +49,12 @@ class Item:
 class EmotionRecognizer:
     """A model folder loaded on one engine."""
 
-    # Padded audio per engine call: a batch holding more is split into calls of up to this
-    # much (a clip longer than it runs alone). Beyond about this the MFCC graph's
-    # intermediates outgrow the CPU caches: ``run`` on 32 ten-second clips took 193.6 ms in
-    # one call and 177.9 ms in calls of 9; 32 three-second clips (96 s: one call) 57.7 vs
-    # 57.3 ms (``pytest benchmarks --benchmark-only -k run_32``, medians, 2-core build VM).
+    # Padded audio per engine call on a CPU engine: a batch holding more is split into calls
+    # of up to this much (a clip longer than it runs alone). Beyond about this the MFCC
+    # graph's intermediates outgrow the CPU caches: ``run`` on 32 ten-second clips took
+    # 193.6 ms in one call and 177.9 ms in calls of 9; 32 three-second clips (96 s: one call)
+    # 57.7 vs 57.3 ms (``pytest benchmarks --benchmark-only -k run_32``, medians, 2-core
+    # build VM). GPU engines take whole batches of up to ``max_batch``.
     max_call_audio_seconds = 96.0
 
     def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
@@ -93,6 +94,12 @@ class EmotionRecognizer:
                 ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
         """
         spec = load_spec(model_dir, verify=verify)
+        if engine == "trt" and "profile" not in engine_kwargs and type(max_batch) is int and max_batch >= 1:
+            # the TensorRT profile's batch range follows max_batch (else a batch above the
+            # default profile's 32 would run as several engine calls)
+            from runtime.trt_cache import Profile
+
+            engine_kwargs["profile"] = Profile.for_spec(spec, batch=(1, min(8, max_batch), max_batch))
         return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
 
     @property
@@ -152,10 +159,10 @@ class EmotionRecognizer:
 
     def calls(self, items: Sequence[Item]) -> list[list[int]]:
         """How ``run`` splits ``items`` into engine calls: indices sorted by audio length (to
-        keep padding small), at most ``max_batch`` per call and at most
+        keep padding small), at most ``max_batch`` per call and, on a CPU engine, at most
         ``max_call_audio_seconds`` of padded audio."""
         size = [0 if it.audio is None else it.audio.size for it in items]
-        limit = self.max_call_audio_seconds * self.sample_rate
+        limit = self.max_call_audio_seconds * self.sample_rate if str(self.engine.device) == "cpu" else float("inf")
         floor = self.spec.frontend.min_samples  # what build_feed pads every clip to, at least
         chunks: list[list[int]] = []
         for i in sorted(range(len(items)), key=size.__getitem__):

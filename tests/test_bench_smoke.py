@@ -79,17 +79,92 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsy
 
 @requires_torch
 def test_a_run_cut_short_keeps_what_it_measured(tiny_model_dir):
-    """``run`` hands out the report after the baseline and after each engine."""
+    """``run`` hands out the report after the baseline and after each engine's rows at each
+    batch size."""
     pytest.importorskip("librosa")
     from benchmarks.latency import build_parser, run
 
-    args = build_parser().parse_args(["--model-dir", str(tiny_model_dir), "--engine", "ort,torch", "--batch", "1",
+    args = build_parser().parse_args(["--model-dir", str(tiny_model_dir), "--engine", "ort,torch", "--batch", "1,2",
                                       "--audio-seconds", "0.5", "--text-words", "4", "--quick"])
     partials: list[dict] = []
     final = run(args, checkpoint=partials.append)
-    assert [sorted({r["engine"] for r in p["results"]}) for p in partials] == [["baseline"], ["baseline", "ort"], ["baseline", "ort", "torch"]]
+    engines = [sorted({r["engine"] for r in p["results"]}) for p in partials]
+    assert [e for i, e in enumerate(engines) if i == 0 or e != engines[i - 1]] == [["baseline"], ["baseline", "ort"], ["baseline", "ort", "torch"]]
+    # within an engine, a checkpoint after each batch size
+    ort_batches = [sorted({r["batch"] for r in p["results"] if r["engine"] == "ort"}) for p in partials]
+    assert [1] in ort_batches and [1, 2] in ort_batches
     assert all(p["complete"] is False for p in partials) and final["complete"] is True
     assert "**Partial" in rep.markdown({**partials[0], "command": "x"})
+
+
+@requires_torch
+def test_an_engine_that_fails_midway_keeps_its_rows_and_the_next_engine_runs(tiny_model_dir, monkeypatch):
+    """A CUDA error or out-of-memory in one engine (here: torch at batch 2) is recorded, its
+    batch-1 rows are kept, and the engines after it are still measured."""
+    from benchmarks import latency
+
+    real = latency.engine_rows
+
+    def flaky(rec, precision, device, frontend, clips, *rest, **kw):
+        if rec.engine.name == "torch" and len(clips) == 2:
+            raise RuntimeError("CUDA error: out of memory")
+        return real(rec, precision, device, frontend, clips, *rest, **kw)
+
+    monkeypatch.setattr(latency, "engine_rows", flaky)
+    args = latency.build_parser().parse_args(["--model-dir", str(tiny_model_dir), "--engine", "torch,ort", "--batch", "1,2",
+                                              "--audio-seconds", "0.5", "--text-words", "4", "--quick", "--no-baseline"])  # fmt: skip
+    report = latency.run(args)
+    got = {(r["engine"], r["batch"]) for r in report["results"]}
+    assert got == {("torch", 1), ("ort", 1), ("ort", 2)}
+    (failed,) = [k for k in report["skipped"] if k["what"] == "engine torch fp32 on cpu"]
+    assert "failed while measuring batch 2, 0.5-s clips" in failed["reason"] and "out of memory" in failed["reason"]
+    assert all(r["engine_calls"] == 1 for r in report["results"])
+
+
+def test_gpu_memory_per_row(monkeypatch):
+    """PyTorch rows: the allocator's peak since the row started; other engines: the GPU's
+    used memory after the row minus before the engine loaded."""
+    from types import SimpleNamespace
+
+    from benchmarks import machine
+
+    device_used_mb = machine.device_used_mb
+    readings = iter([(1000.0, "nvidia-smi"), (1600.5, "nvidia-smi")])
+    monkeypatch.setattr(machine, "device_used_mb", lambda: next(readings))
+    calls: list[str] = []
+    cuda = SimpleNamespace(
+        is_initialized=lambda: True, reset_peak_memory_stats=lambda: calls.append("reset"), max_memory_reserved=lambda: 300 * 2**20
+    )
+    monkeypatch.setattr(machine, "_torch_cuda", lambda: SimpleNamespace(cuda=cuda))
+    gpu = machine.GpuMemory()
+    gpu.mark()
+    gpu.start_row()
+    assert calls == ["reset"]
+    assert gpu.row("torch") == (300.0, "peak of PyTorch's allocator during the row") == gpu.row("baseline")
+    assert gpu.row("trt") == (600.5, "GPU memory used after the row minus before the engine loaded (nvidia-smi)")
+    monkeypatch.setattr(machine, "_torch_cuda", lambda: None)
+    assert gpu.row("torch") == (None, None)
+    for out, want in (("[N/A]\n", None), (None, None), ("1234\n", (1234.0, "nvidia-smi"))):
+        monkeypatch.setattr(machine, "_run", lambda cmd, out=out: out)
+        assert device_used_mb() == want
+
+
+def test_gpu_info_reads_nvidia_smi_past_warnings(monkeypatch):
+    from benchmarks import machine
+
+    def fake_run(cmd):
+        if "--query-gpu=name,driver_version,memory.total" in cmd:
+            assert cmd[cmd.index("-i") + 1] == "GPU-abc"  # the GPU CUDA_VISIBLE_DEVICES names first
+            return "WARNING: infoROM is corrupted at gpu 0000:01:00.0\nNVIDIA H200, 570.86.15, 143771 MiB\n"
+        return "| NVIDIA-SMI 570.86.15   Driver Version: 570.86.15   CUDA Version: 12.8 |"
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc,GPU-def")
+    monkeypatch.setattr(machine, "_run", fake_run)
+    monkeypatch.setattr(machine, "_torch_cuda", lambda: None)
+    info = machine.gpu_info()
+    assert info == {"name": "NVIDIA H200", "driver": "570.86.15", "memory_total": "143771 MiB", "cuda_driver_api": "12.8"}
+    monkeypatch.setattr(machine, "_run", lambda cmd: "[N/A]")
+    assert machine.gpu_info() is None
 
 
 def _has_gpu_stack() -> bool:
@@ -221,7 +296,11 @@ def test_tegrastats_lines_are_parsed():
     p = parse_tegrastats(TEGRA_LINE)
     assert p == {"ram_used_mb": 2345.0, "cpu_load_pct": 10.0, "gpu_load_pct": 61.0, "power_in_mw": 5120.0}
     s = summarise_tegrastats([TEGRA_LINE, TEGRA_LINE.replace("GR3D_FREQ 61%", "GR3D_FREQ 99%")])
-    assert s["gpu_load_pct"] == {"mean": 80.0, "max": 99.0} and s["first_line"] == TEGRA_LINE
+    assert s["gpu_load_pct"] == {"mean": 80.0, "max": 99.0} and s["first_line"] == TEGRA_LINE and s["power_in_rail"] == "VDD_IN"
+    # AGX Orin has no VDD_IN: its 5 V system input is the board's power
+    agx = "RAM 5000/30536MB CPU [1%@729,2%@729] GR3D_FREQ 0% VDD_GPU_SOC 3187mW/3187mW VDD_CPU_CV 796mW/796mW VIN_SYS_5V0 4065mW/4065mW"
+    assert parse_tegrastats(agx)["power_in_mw"] == 4065.0
+    assert summarise_tegrastats([agx])["power_in_rail"] == "VIN_SYS_5V0"
 
 
 def test_profile_attributes_kernel_time_to_model_parts(tiny_model_dir, tmp_path):

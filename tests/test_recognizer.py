@@ -289,3 +289,80 @@ def test_long_batches_are_split_by_padded_audio(rec, monkeypatch):
     whole = rec.predict(audio=clips, text=["a", None, "b", "c", None], sample_rate=sr)
     for a, b in zip(split, whole):
         assert a.label == b.label and max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
+
+
+def test_gpu_engines_take_whole_batches(rec, monkeypatch):
+    """The padded-audio cap per call is a CPU cache limit: on a GPU engine a batch of up to
+    ``max_batch`` is one call (a batch of 64 three-second clips must not become 2 x 32)."""
+    from runtime.recognizer import Item
+
+    items = [Item(np.zeros(rec.sample_rate * 2, np.float32), None) for _ in range(6)]
+    monkeypatch.setattr(rec, "max_call_audio_seconds", 5.0)
+    assert len(rec.calls(items)) == 3
+    for device in ("cuda", "cuda:0"):
+        monkeypatch.setattr(rec.engine, "device", device)
+        assert rec.calls(items) == [list(range(6))]
+    monkeypatch.setattr(rec, "max_batch", 4)
+    assert [len(c) for c in rec.calls(items)] == [4, 2]
+
+
+def test_tensorrt_profile_follows_max_batch(tiny_model_dir, monkeypatch):
+    """``load(engine="trt", max_batch=N)`` builds the engine for batches up to N (the default
+    profile stops at 32, and the engine would split a larger batch); a given profile stays."""
+    import runtime.recognizer as recognizer
+    from runtime.trt_cache import Profile
+
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_create_engine(name, spec, precision="fp32", device=None, **kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(recognizer, "create_engine", fake_create_engine)
+    for max_batch, batch in ((64, (1, 8, 64)), (32, (1, 8, 32)), (4, (1, 4, 4))):
+        with pytest.raises(Stop):
+            EmotionRecognizer.load(tiny_model_dir, engine="trt", max_batch=max_batch)
+        assert seen[-1]["profile"].batch == batch
+    mine = Profile(batch=(2, 2, 2))
+    with pytest.raises(Stop):
+        EmotionRecognizer.load(tiny_model_dir, engine="trt", max_batch=64, profile=mine)
+    assert seen[-1]["profile"] is mine
+    with pytest.raises(Stop):
+        EmotionRecognizer.load(tiny_model_dir, engine="ort", max_batch=64)
+    assert "profile" not in seen[-1]
+
+
+def test_ort_session_that_fell_back_to_the_cpu_is_refused_on_cuda():
+    """onnxruntime-gpu builds a CPU-only session, without raising, when its CUDA provider's
+    libraries do not load: such a session must not run under a "cuda" label."""
+    from runtime.engines.ort import require_cuda_provider
+
+    class Session:
+        def __init__(self, providers):
+            self.providers, self.fallback = providers, True
+
+        def get_providers(self):
+            return self.providers
+
+        def disable_fallback(self):
+            self.fallback = False
+
+    cpu_only = Session(["CPUExecutionProvider"])
+    with pytest.raises(EngineUnavailableError, match="CUDA provider did not load"):
+        require_cuda_provider(cpu_only, "engine 'ort'")
+    cuda = Session(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    require_cuda_provider(cuda, "engine 'ort'")
+    assert cuda.fallback is False  # a failed CUDA run raises instead of rerunning on the CPU
+
+
+def test_tf32_setting_is_reported(monkeypatch):
+    from runtime.engines.base import tf32_setting
+
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    assert tf32_setting(True) == "allowed" and tf32_setting("1") == "allowed" and tf32_setting("0") == "off"
+    assert tf32_setting(False) == "off" and tf32_setting() == "allowed (the library's default)"
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    assert tf32_setting(True) == "off (NVIDIA_TF32_OVERRIDE=0)"

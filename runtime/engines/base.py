@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import abc
+import os
 
 import numpy as np
 
@@ -58,6 +59,19 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tf32_setting(allowed: object = None) -> str:
+    """How an NVIDIA GPU (Ampere and later) runs FP32 convolutions and matmuls, for
+    ``describe()``: "allowed" means they may round inputs to TF32's 10-bit mantissa, the
+    default of cuDNN, TensorRT and ONNX Runtime's CUDA provider, so "fp32" rows on such a GPU
+    are not IEEE FP32 unless ``NVIDIA_TF32_OVERRIDE=0`` is set (which all of them obey).
+    ``allowed``: the library's own switch, None where it has none to read."""
+    if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
+        return "off (NVIDIA_TF32_OVERRIDE=0)"
+    if allowed is None:
+        return "allowed (the library's default)"
+    return "allowed" if str(allowed).strip().lower() in ("1", "true") else "off"
 
 
 def check_feed(feed: dict[str, np.ndarray]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.engines.base import OUTPUT, Engine
+from runtime.engines.base import OUTPUT, Engine, tf32_setting
 from runtime.errors import EngineUnavailableError
 from runtime.spec import ModelSpec
 
@@ -16,6 +16,25 @@ SPIN_MODES = {
     "always": {"session.intra_op.allow_spinning": "1"},
     "never": {"session.intra_op.allow_spinning": "0"},
 }
+
+
+def require_cuda_provider(session, what: str) -> None:
+    """Make sure ``session`` runs on the CUDA provider, or raise ``EngineUnavailableError``.
+
+    ONNX Runtime does not raise when the CUDA provider's libraries fail to load (a CUDA or
+    cuDNN major version other than the one onnxruntime-gpu was built for): it logs an error
+    and builds a CPU-only session. And by default a run that fails on the CUDA provider is
+    retried on the CPU. Either would put CPU numbers under a "cuda" label, so the session
+    must list the CUDA provider, and its fallback is turned off.
+    """
+    providers = session.get_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise EngineUnavailableError(
+            f"{what} on cuda: onnxruntime-gpu is installed but its CUDA provider did not load (the session has "
+            f"{', '.join(providers)}); see ONNX Runtime's log above for the library it could not open, and "
+            "install the CUDA and cuDNN versions that onnxruntime-gpu release needs"
+        )
+    session.disable_fallback()
 
 
 class OrtEngine(Engine):
@@ -60,6 +79,8 @@ class OrtEngine(Engine):
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        if device == "cuda":
+            require_cuda_provider(self.session, f"engine 'ort' ({precision})")
         self._version = ort.__version__
         self._spin = spin
 
@@ -67,12 +88,15 @@ class OrtEngine(Engine):
         return self.session.run([OUTPUT], feed)[0]
 
     def describe(self) -> dict[str, str]:
-        return {
+        out = {
             **super().describe(),
             "onnxruntime": self._version,
             "providers": ",".join(self.session.get_providers()),
             "thread_spinning": self._spin,
         }
+        if self.device == "cuda":
+            out["tf32"] = tf32_setting(self.session.get_provider_options().get("CUDAExecutionProvider", {}).get("use_tf32"))
+        return out
 
     def close(self) -> None:
         self.session = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from runtime.engines.base import FUSED_INPUTS, Engine
+from runtime.engines.base import FUSED_INPUTS, Engine, tf32_setting
 from runtime.errors import EngineUnavailableError
 from runtime.spec import ModelSpec
 
@@ -72,6 +72,9 @@ class TorchEngine(Engine):
         out = {**super().describe(), "torch": torch.__version__}
         if self.dev.type == "cuda":
             out["gpu"] = torch.cuda.get_device_name(self.dev)
+            # what runs in FP32: everything at fp32, the MFCC front-end at fp16 too
+            conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            out["tf32"] = f"convolutions {tf32_setting(conv)}, matmuls {tf32_setting(mm)}"
         else:
             out["threads"] = str(torch.get_num_threads())
         return out

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from runtime import trt_cache
-from runtime.engines.base import FUSED_INPUTS, OUTPUT, Engine
+from runtime.engines.base import FUSED_INPUTS, OUTPUT, Engine, tf32_setting
 from runtime.errors import EngineUnavailableError
 from runtime.spec import ModelSpec, sha256_file
 from runtime.trt_cache import CacheKey, Profile
@@ -407,6 +407,7 @@ class TrtEngine(Engine):
             "engine_cache": str(self.cache_file),
             "profile": str(self.profile.to_dict()),
             "cuda_graphs": str(self._graphs is not None),
+            "tf32": tf32_setting(),  # the builder's TF32 flag is left at its default (on) for the FP32 layers
         }
 
     def close(self) -> None:
