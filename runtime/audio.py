@@ -24,6 +24,10 @@ from runtime.frontend import FrontendConfig
 AudioInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
 
 SUPPORTED_FORMATS = ("WAV", "FLAC", "OGG")
+# libsndfile's names of the containers accepted: a WAV whose format tag is
+# WAVE_FORMAT_EXTENSIBLE (what most tools write for 24-bit or multichannel audio) is "WAVEX",
+# one over 4 GB "RF64"
+_ACCEPTED_CONTAINERS = frozenset(SUPPORTED_FORMATS) | {"WAVEX", "RF64"}
 SILENCE_PEAK = 1e-5  # clips whose peak |sample| is below this are treated as silent
 
 
@@ -132,14 +136,22 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
             return parsed
         source: object = io.BytesIO(data if isinstance(data, bytes) else bytes(data))
     else:
-        path = Path(data)
+        try:
+            path = Path(os.fsdecode(data))  # also a bytes path, or an os.PathLike giving one
+        except (TypeError, ValueError) as e:
+            raise AudioDecodeError(f"{name or 'audio'}: not a file path ({e})") from e
         name = name or str(path)
+        if not str(os.fsdecode(data)):
+            raise AudioDecodeError("the audio file path is empty")
         try:
             found = path.is_file()
+            kind = "" if found else "is a directory" if path.is_dir() else "is not a regular file (a pipe, socket or device)" if path.exists() else None
         except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
             raise AudioDecodeError(f"{name}: cannot open audio file ({e})") from e
-        if not found:
+        if kind is None:
             raise AudioDecodeError(f"no such audio file: {path}")
+        if kind:  # a directory, a pipe or a device: not a file to decode (and may never end)
+            raise AudioDecodeError(f"{name} {kind}; give an audio file, or its bytes")
         source = str(path)
     import soundfile as sf
 
@@ -150,7 +162,7 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
         with _OPEN_LOCK:
             f = sf.SoundFile(source)
         with f:
-            if f.format not in SUPPORTED_FORMATS:
+            if f.format not in _ACCEPTED_CONTAINERS:
                 raise AudioDecodeError(
                     f"{name}: unsupported audio format {f.format}; accepted: {', '.join(SUPPORTED_FORMATS)}"
                 )
@@ -361,10 +373,17 @@ def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | Non
             raise AudioError(f"{label}: sample_rate is required when audio is passed as an array")
         return samples_first(data, label), check_rate(sample_rate, label), label
     if isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
-        label = name or (str(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
+        label = name or (_path_label(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
         samples, rate = decode(data, label)
         return samples, check_rate(rate, label), label
     raise AudioError(f"{name or 'audio'}: audio of type {type(data).__name__} is not supported; pass a numpy array, a file path or encoded bytes")
+
+
+def _path_label(path: str | os.PathLike) -> str:
+    try:
+        return os.fsdecode(path)
+    except (TypeError, ValueError):
+        return str(path)
 
 
 def condition_audio(samples: np.ndarray, rate: int, cfg: FrontendConfig, label: str = "audio") -> np.ndarray:

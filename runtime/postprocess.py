@@ -14,7 +14,7 @@ class Prediction:
     label: str  # the top-scoring class
     scores: dict[str, float]  # calibrated probability per class; sums to 1
     modalities: tuple[str, ...]  # which inputs the item carried: ("audio",), ("text",) or both
-    duration_s: float | None = None  # audio duration after decoding, None for text-only
+    duration_s: float | None = None  # seconds of audio scored (after silence trimming), None for text-only
     timings_ms: dict[str, float] = field(default_factory=dict, compare=False)  # filled by callers that time stages
 
     def to_dict(self) -> dict:

@@ -53,18 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     try:
         if not args.paths:
-            items, names = [rec.prepare(text=args.text)], [None]
-        else:
+            print(format_line(None, rec.run([rec.prepare(text=args.text)])[0], args.json), flush=True)
+        # a batch of files at a time: answers come as they are ready, and memory stays that
+        # of one batch of decoded clips however many files are given
+        for first in range(0, len(args.paths), rec.max_batch):
             items, names = [], []
-            for path in args.paths:
+            for path in args.paths[first : first + rec.max_batch]:
                 try:
                     items.append(rec.prepare(audio=path, text=args.text, name=path))
                     names.append(path)
                 except EmotionError as e:
                     print(f"error: {e}", file=sys.stderr)
                     failed += 1
-        for name, pred in zip(names, rec.run(items) if items else []):
-            print(format_line(name, pred, args.json), flush=True)
+            for name, pred in zip(names, rec.run(items) if items else []):
+                print(format_line(name, pred, args.json), flush=True)
     except EmotionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,6 +70,7 @@ class EmotionRecognizer:
         self.prepare_threads = max(1, prepare_threads if prepare_threads is not None else usable_cpus())
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def load(
@@ -176,6 +177,8 @@ class EmotionRecognizer:
     def run(self, items: Sequence[Item]) -> list[Prediction]:
         """Predictions for already-prepared items, in their order, in the engine calls
         ``calls`` makes of them."""
+        if self._closed:
+            raise RuntimeError("this EmotionRecognizer is closed: load a new one")
         results: list[Prediction | None] = [None] * len(items)
         sr = self.sample_rate
         for idx in self.calls(items):
@@ -234,6 +237,8 @@ class EmotionRecognizer:
         calls, which two threads only slow down with GIL hand-overs (32 clips: 2.0 ms in one
         thread, 4.8 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
         """
+        if self._closed:  # before the thread pool would be made again
+            raise RuntimeError("this EmotionRecognizer is closed: load a new one")
         clips = sum(1 for a in args if a[0] is not None)
         if self.prepare_threads == 1 or clips < 2:
             return [self.prepare(*a) for a in args]
@@ -267,6 +272,7 @@ class EmotionRecognizer:
         }
 
     def close(self) -> None:
+        self._closed = True
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:

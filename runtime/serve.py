@@ -76,16 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         if not is_loopback(config.host) and not config.api_key and not args.insecure_no_auth:
             raise ValueError(f"--host {config.host} exposes the server beyond this machine: give --api-key (or --insecure-no-auth)")
         rec, notes = load_recognizer(args.model_dir, args.engine, args.precision, args.device, args.max_batch, args.threads)
-        vad = None if args.no_stream else SileroVad()
     except (EmotionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        vad = None if args.no_stream else SileroVad()
+        app = create_app(rec, config, vad=vad, warm_up=not args.no_warmup)
+    except (EmotionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        rec.close()
         return 2
     for note in notes:
         log.info("engine %s", note)
     info = rec.engine.describe()
     log.info("model %s (%s): engine %s, precision %s, device %s", rec.spec.raw.get("name", "?"), rec.spec.root,
              info.get("engine"), info.get("precision"), info.get("device"))
-    app = create_app(rec, config, vad=vad, warm_up=not args.no_warmup)
     try:
         asyncio.run(serve(app, config.host, config.port, config.drain_timeout_s))
     except OSError as e:  # e.g. the port is taken

@@ -371,3 +371,37 @@ def test_a_header_claiming_too_much_is_refused_unread(monkeypatch):
     monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("read a file whose header claims too much"))
     with pytest.raises(AudioError, match="decodes to more than 100000 samples \\(4 channels"):
         audio.decode(encode(np.tile(speechlike(2.0, seed=4)[:, None], (1, 4)), 16000, "FLAC"), "bomb")
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_wave_format_extensible_files_decode_as_paths_and_bytes(tmp_path, subtype):
+    """libsndfile names a WAV with format tag 0xFFFE "WAVEX": what most tools write for
+    24-bit or multichannel audio. It was refused as an unsupported format (only 16-bit bytes,
+    read by parse_pcm16_wav, got through)."""
+    import soundfile as sf
+
+    x = np.tile(speechlike(1.0, seed=5)[:, None], (1, 4)) * np.array([1.0, 0.5, 0.25, 0.1], dtype=np.float32)
+    path = tmp_path / "wavex.wav"
+    sf.write(str(path), x, 16000, format="WAVEX", subtype=subtype)
+    from_path, rate = decode(str(path))
+    from_bytes, _ = decode(path.read_bytes())
+    assert rate == 16000 and from_path.shape == (16000, 4)
+    np.testing.assert_array_equal(to_mono_float(from_path), to_mono_float(from_bytes))
+    np.testing.assert_allclose(to_mono_float(from_path), x.mean(axis=1), atol=2e-4)
+
+
+def test_paths_that_are_not_files_say_what_they_are(tmp_path):
+    import os
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(encode(speechlike(1.0), 16000, "WAV"))
+    (entry,) = list(os.scandir(os.fsencode(tmp_path)))  # an os.PathLike whose path is bytes
+    assert load_audio(entry, CFG).size > 0
+    with pytest.raises(AudioDecodeError, match="is a directory"):
+        load_audio(str(tmp_path), CFG)
+    with pytest.raises(AudioDecodeError, match="path is empty"):
+        load_audio("", CFG)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioDecodeError, match="not a regular file"):  # opening it would block forever
+        load_audio(str(fifo), CFG)

@@ -44,3 +44,31 @@ def test_plain_output_text_only_and_usage_errors(tiny_model_dir, tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
     out = run_cli("x.wav", "--engine", "trt", "--model-dir", str(tiny_model_dir))
     assert out.returncode == 2 and "error: " in out.stderr and "Traceback" not in out.stderr
+
+
+def test_files_are_answered_a_batch_at_a_time(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Memory stays that of one batch of decoded clips however many files are given."""
+    from runtime import predict
+    from runtime.recognizer import EmotionRecognizer
+
+    calls: list[int] = []
+    load = EmotionRecognizer.load
+
+    def small_batches(*a, **k):
+        rec = load(*a, **k)
+        rec.max_batch = 2
+        run = rec.run
+        rec.run = lambda items: (calls.append(len(items)), run(items))[1]
+        return rec
+
+    monkeypatch.setattr(EmotionRecognizer, "load", small_batches)
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.wav"))
+        (tmp_path / f"{i}.wav").write_bytes(encode(speechlike(1.0, seed=i), 16000, "WAV"))
+    (tmp_path / "2.wav").write_bytes(b"junk")
+    assert predict.main([*paths, "--model-dir", str(tiny_model_dir), "--json"]) == 1
+    assert calls == [2, 1, 1]  # files 0-1, 2 (junk) - 3, 4
+    out = capsys.readouterr()
+    assert [json.loads(line)["path"] for line in out.out.splitlines()] == [p for i, p in enumerate(paths) if i != 2]
+    assert out.err.count("error: ") == 1

@@ -366,3 +366,12 @@ def test_tf32_setting_is_reported(monkeypatch):
     assert tf32_setting(False) == "off" and tf32_setting() == "allowed (the library's default)"
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
     assert tf32_setting(True) == "off (NVIDIA_TF32_OVERRIDE=0)"
+
+
+def test_a_closed_recognizer_says_so(tiny_model_dir):
+    closed = EmotionRecognizer.load(tiny_model_dir)
+    closed.close()
+    for call in (lambda: closed.predict(text="hello"), lambda: closed.predict(audio=[speechlike(1.0)] * 2, sample_rate=16000)):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
+    assert closed._pool is None  # no thread pool made again

@@ -407,6 +407,68 @@ def test_api_key_is_required_except_for_healthz(recognizer):
         assert status == 200
 
 
+def multipart(*parts: tuple[dict, bytes]) -> tuple[bytes, dict]:
+    """A hand-built multipart/form-data body (aiohttp's FormData cannot send malformed parts)."""
+    body = b""
+    for headers, payload in parts:
+        body += b"--XX\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n" + payload + b"\r\n"
+    return body + b"--XX--\r\n", {"Content-Type": "multipart/form-data; boundary=XX"}
+
+
+def test_malformed_forms_get_400_and_odd_but_valid_ones_work(server, recognizer):
+    """Found by a fuzz of the form parser: each of these was a 500."""
+    url = server.url + "/v1/recognize"
+    clip = wav_bytes(speechlike(1.0, seed=3), SR)
+    want = recognizer.predict(audio=clip, text="what a day")
+    # a file part without a filename (curl -F 'audio=<clip.wav'): its bytes are the audio
+    body, headers = multipart(({"Content-Disposition": 'form-data; name="audio"', "Content-Type": "audio/wav"}, clip),
+                              ({"Content-Disposition": 'form-data; name="text"'}, b"what a day"))
+    status, _, got = call("POST", url, data=body, headers=headers)
+    assert status == 200, got
+    assert_same(got, want)
+    # an empty file input (a browser sends filename="" and no bytes) is no audio
+    body, headers = multipart(({"Content-Disposition": 'form-data; name="audio"; filename=""', "Content-Type": "application/octet-stream"}, b""),
+                              ({"Content-Disposition": 'form-data; name="text"'}, b"what a day"))
+    status, _, got = call("POST", url, data=body, headers=headers)
+    assert status == 200 and got["modalities"] == ["text"], got
+    bad = [
+        multipart(({"Content-Disposition": 'form-data; name="text"', "Content-Type": "text/plain; charset=foo"}, b"hello")),
+        multipart(({"Content-Disposition": 'form-data; name="text"', "Content-Transfer-Encoding": "x-uuencode"}, b"hello")),
+        (b"text=hello", {"Content-Type": "application/x-www-form-urlencoded; charset=foo"}),
+        multipart(({"Content-Disposition": 'form-data; name="text"'}, b"one"), ({"Content-Disposition": 'form-data; name="text"'}, b"two")),
+    ]
+    for body, headers in bad:
+        status, _, got = call("POST", url, data=body, headers=headers)
+        assert status == 400 and got["error"]["code"] == "invalid_form", (headers, got)
+
+
+def test_bearer_scheme_is_case_insensitive(recognizer):
+    app = create_app(recognizer, ServeConfig(api_key="s3cret-key"), warm_up=False)
+    with BackgroundServer(app) as srv:
+        for given in ("bearer s3cret-key", "BEARER s3cret-key"):
+            assert call("GET", srv.url + "/v1/model", headers={"Authorization": given})[0] == 200
+        assert call("GET", srv.url + "/v1/model", headers={"Authorization": "bearer S3CRET-KEY"})[0] == 401
+
+
+def test_stream_cuts_utterances_at_the_servers_max_audio_seconds(recognizer, vad):
+    """--max-audio-seconds bounds streamed utterances as it bounds /v1/recognize's."""
+    app = create_app(recognizer, ServeConfig(max_audio_seconds=5.0), vad=vad, warm_up=False)
+    assert app[STATE].vad_config.max_speech_s == 5.0
+    assert create_app(recognizer, ServeConfig(), vad=vad, warm_up=False)[STATE].vad_config.max_speech_s == recognizer.spec.frontend.max_audio_seconds
+    with pytest.raises(ValueError, match="too short to stream"):
+        create_app(recognizer, ServeConfig(max_audio_seconds=0.2), vad=vad, warm_up=False)
+
+
+def test_stream_does_not_negotiate_compression(server):
+    """Deflated WebSocket frames would let 10 kB on the wire cost 10 MB of server work."""
+    async def main():
+        async with aiohttp.ClientSession() as s, s.ws_connect(server.url + "/v1/stream", compress=15) as ws:
+            await ws.receive_json()
+            return ws.compress
+
+    assert asyncio.run(main()) == 0
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="max_batch"):
         ServeConfig(max_batch=0)

@@ -129,3 +129,29 @@ def test_pcm16_conversion():
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VadConfig(**kwargs)
+
+
+class ScriptedVad:
+    """A stand-in VAD that scores windows from a script (1.0 speech, 0.0 silence)."""
+
+    def __init__(self, probs):
+        self.probs = list(probs)
+
+    def initial_state(self):
+        return None, None
+
+    def window(self, samples, state, context):
+        return (self.probs.pop(0) if self.probs else 0.0), state, context
+
+
+def test_end_of_stream_drops_a_blip_shorter_than_min_speech():
+    """At the end of a stream the utterance's length is to where the speech stopped (as in
+    the per-window rule), not to the end of the stream: 4 windows of speech (128 ms) then
+    silence shorter than min_silence_ms is dropped, not sent to the model as 0.19 s."""
+    seg = Segmenter(ScriptedVad([1.0] * 4 + [0.0] * 8), VadConfig())
+    assert seg.feed(np.zeros(12 * WINDOW, np.float32)) == []
+    assert seg.flush() == []
+    long = Segmenter(ScriptedVad([1.0] * 10 + [0.0] * 4), VadConfig())  # 320 ms of speech: kept
+    long.feed(np.zeros(14 * WINDOW, np.float32))
+    (kept,) = long.flush()
+    assert kept.end - kept.start >= 10 * WINDOW

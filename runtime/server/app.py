@@ -139,7 +139,8 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         if key and request.path != "/healthz":
             given = request.headers.get("Authorization", "")
             # surrogatepass: a header's undecodable bytes arrive as lone surrogates
-            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode("utf-8", "surrogatepass"), key.encode())):
+            # the scheme name is case-insensitive (RFC 9110 11.1), the key is not
+            if not (given[:7].lower() == "bearer " and hmac.compare_digest(given[7:].encode("utf-8", "surrogatepass"), key.encode())):
                 raise ApiError(401, "unauthorized", "missing or wrong API key; send 'Authorization: Bearer <key>'",
                                headers={"WWW-Authenticate": "Bearer"})
         response = await handler(request)
@@ -179,14 +180,23 @@ async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | No
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: text-only forms
         try:
             form = await request.post()
-        except ValueError as e:  # no or wrong boundary, a truncated body, a field that is not UTF-8
+        # ValueError: no or wrong boundary, a truncated body, a field that is not UTF-8;
+        # LookupError: an unknown charset; RuntimeError: an unknown Content-Transfer-Encoding
+        except (ValueError, LookupError, RuntimeError) as e:
             raise ApiError(400, "invalid_form", f"body is not a valid {ctype} form: {e}") from e
+        for field in ("audio", "text"):
+            if len(form.getall(field, [])) > 1:
+                raise ApiError(400, "invalid_form", f"the form has {len(form.getall(field))} '{field}' fields; send one")
         audio = form.get("audio")
         text = form.get("text")
-        if audio is not None and not isinstance(audio, (str, bytes)):
-            audio = audio.file.read()
-        elif isinstance(audio, str):
+        if isinstance(audio, str):
             raise ApiError(400, "bad_request", "the 'audio' field must be a file upload (WAV, FLAC or OGG)")
+        if isinstance(audio, (bytes, bytearray)):  # a part without a filename (aiohttp gives its bytes)
+            audio = bytes(audio)
+        elif audio is not None:
+            audio = audio.file.read()
+        if audio == b"":  # an empty file input (a browser sends filename="" and no bytes): no audio
+            audio = None
         if text is not None and not isinstance(text, str):
             raise ApiError(400, "invalid_text", "the 'text' field must be a plain form field, not a file")
         return audio, text
@@ -296,7 +306,14 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
     from runtime.server.stream import stream
 
     config = config or ServeConfig()
-    vad_config = vad_config or VadConfig(max_speech_s=recognizer.spec.frontend.max_audio_seconds)
+    if vad_config is None:
+        # streamed utterances are cut at the length /v1/recognize accepts (--max-audio-seconds)
+        model_max = recognizer.spec.frontend.max_audio_seconds
+        longest = min(config.max_audio_seconds or model_max, model_max)
+        try:
+            vad_config = VadConfig(max_speech_s=longest)
+        except ValueError as e:
+            raise ValueError(f"max_audio_seconds {longest:g} is too short to stream utterances: {e}") from e
     app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body_bytes)
     state = ServerState(recognizer, config, vad, vad_config)
     app[STATE] = state

@@ -28,7 +28,7 @@ def schema() -> dict:
             "label": {"type": "string", "description": "the top-scoring emotion"},
             "scores": scores,
             "modalities": {"type": "array", "items": {"enum": ["audio", "text"]}},
-            "duration_s": {"type": ["number", "null"], "description": "audio duration after decoding; null for text-only"},
+            "duration_s": {"type": ["number", "null"], "description": "seconds of audio the model scored: the clip after its leading and trailing silence was trimmed; null for text-only"},
             "timings_ms": {
                 "type": "object",
                 "properties": {k: {"type": "number"} for k in ("decode", "queue", "infer", "total")},

@@ -165,7 +165,9 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     state = request.app[STATE]
     if state.vad is None:
         raise ApiError(503, "stream_unavailable", "this server runs without a voice-activity detector; /v1/stream is off")
-    ws = web.WebSocketResponse(max_msg_size=state.config.max_body_bytes, heartbeat=30.0)
+    # No permessage-deflate: max_msg_size bounds a message after decompression, so 10 kB of
+    # deflated zeros on the wire would cost the server the CPU of 10 MB of audio.
+    ws = web.WebSocketResponse(max_msg_size=state.config.max_body_bytes, heartbeat=30.0, compress=False)
     await ws.prepare(request)
     session = StreamSession(state, ws)
     state.streams.add(session)

@@ -165,8 +165,10 @@ class Segmenter:
         end = self._scored + self._pending.size
         self._pending = np.zeros(0, dtype=np.float32)
         out = []
-        if self._speech_start is not None and end - self._speech_start > self._min_speech:
-            out.append(self._emit(self._speech_start, end if not self._silence_start else self._silence_start, limit=end))
+        if self._speech_start is not None:
+            speech_end = self._silence_start or end  # where the speech stopped, if it did
+            if speech_end - self._speech_start > self._min_speech:  # the rule _step applies
+                out.append(self._emit(self._speech_start, speech_end, limit=end))
         self._speech_start, self._silence_start = None, 0
         return out
 
