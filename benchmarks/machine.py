@@ -223,10 +223,12 @@ def device_used_mb() -> tuple[float, str] | None:
         free, total = torch.cuda.mem_get_info()
         return (total - free) / 2**20, "torch.cuda.mem_get_info"
     out = _run(["nvidia-smi", "-i", visible_gpu(), "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
-    try:
-        return float(out.splitlines()[0]), "nvidia-smi"  # type: ignore[union-attr]
-    except (AttributeError, IndexError, ValueError):  # no nvidia-smi, "[N/A]", a warning line
-        return None
+    for line in (out or "").splitlines():  # the first number (past warnings; "[N/A]" is none)
+        try:
+            return float(line.strip()), "nvidia-smi"
+        except ValueError:
+            continue
+    return None
 
 
 class GpuMemory:
@@ -234,7 +236,9 @@ class GpuMemory:
 
     - Rows that run in PyTorch (the torch engine and the baseline): the peak of PyTorch's
       caching allocator during the row (``torch.cuda.max_memory_reserved``, its peak reset
-      by ``start_row``). The CUDA context itself (a few hundred MB) is not in it.
+      by ``start_row``), less what it held before the engine was loaded (the baseline's
+      weights, which stay loaded for the run). The CUDA context itself (a few hundred MB)
+      is not in it.
     - Other engines allocate outside PyTorch (ONNX Runtime's arena, TensorRT's execution
       context and its pycuda buffers), and keep what their first calls allocated: the GPU's
       used memory after the row minus its reading before the engine was loaded (``mark``).
@@ -245,9 +249,14 @@ class GpuMemory:
 
     def __init__(self) -> None:
         self.level: tuple[float, str] | None = None
+        self.torch_level = 0  # bytes PyTorch's allocator held at the last mark
 
     def mark(self) -> None:
-        """Before loading an engine: the GPU's used memory that is not its."""
+        """Before loading an engine: the GPU memory that is not its."""
+        torch = _torch_cuda()
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # the baseline's cached blocks: free them, not count them
+            self.torch_level = torch.cuda.memory_reserved()
         self.level = device_used_mb()
 
     def start_row(self) -> None:
@@ -260,7 +269,8 @@ class GpuMemory:
             torch = _torch_cuda()
             if torch is None or not torch.cuda.is_initialized():
                 return None, None
-            return round(torch.cuda.max_memory_reserved() / 2**20, 1), "peak of PyTorch's allocator during the row"
+            peak = max(torch.cuda.max_memory_reserved() - self.torch_level, 0)
+            return round(peak / 2**20, 1), "peak of PyTorch's allocator during the row, less what it held before the engine loaded"
         now = device_used_mb()
         if now is None or self.level is None:
             return None, None

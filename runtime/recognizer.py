@@ -95,12 +95,14 @@ class EmotionRecognizer:
                 ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
         """
         spec = load_spec(model_dir, verify=verify)
-        if engine == "trt" and "profile" not in engine_kwargs and type(max_batch) is int and max_batch >= 1:
+        valid_batch = isinstance(max_batch, (int, np.integer)) and not isinstance(max_batch, bool) and max_batch >= 1
+        if engine == "trt" and "profile" not in engine_kwargs and valid_batch:
             # the TensorRT profile's batch range follows max_batch (else a batch above the
             # default profile's 32 would run as several engine calls)
             from runtime.trt_cache import Profile
 
-            engine_kwargs["profile"] = Profile.for_spec(spec, batch=(1, min(8, max_batch), max_batch))
+            top = int(max_batch)
+            engine_kwargs["profile"] = Profile.for_spec(spec, batch=(1, min(8, top), top))
         return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
 
     @property
@@ -163,7 +165,8 @@ class EmotionRecognizer:
         keep padding small), at most ``max_batch`` per call and, on a CPU engine, at most
         ``max_call_audio_seconds`` of padded audio."""
         size = [0 if it.audio is None else it.audio.size for it in items]
-        limit = self.max_call_audio_seconds * self.sample_rate if str(self.engine.device) == "cpu" else float("inf")
+        on_cpu = str(self.engine.device).split(":")[0].strip().lower() == "cpu"  # "cpu", "cpu:0", torch.device("cpu")
+        limit = self.max_call_audio_seconds * self.sample_rate if on_cpu else float("inf")
         floor = self.spec.frontend.min_samples  # what build_feed pads every clip to, at least
         chunks: list[list[int]] = []
         for i in sorted(range(len(items)), key=size.__getitem__):
@@ -237,12 +240,12 @@ class EmotionRecognizer:
         calls, which two threads only slow down with GIL hand-overs (32 clips: 2.0 ms in one
         thread, 4.8 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
         """
-        if self._closed:  # before the thread pool would be made again
-            raise RuntimeError("this EmotionRecognizer is closed: load a new one")
         clips = sum(1 for a in args if a[0] is not None)
         if self.prepare_threads == 1 or clips < 2:
             return [self.prepare(*a) for a in args]
         with self._pool_lock:
+            if self._closed:  # close() may run meanwhile: never make the pool again after it
+                raise RuntimeError("this EmotionRecognizer is closed: load a new one")
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix="emotech-prepare")
             pool = self._pool
@@ -272,8 +275,9 @@ class EmotionRecognizer:
         }
 
     def close(self) -> None:
-        self._closed = True
+        """Release the engine and the thread pool; ``predict`` and ``run`` then raise RuntimeError."""
         with self._pool_lock:
+            self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)

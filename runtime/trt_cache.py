@@ -132,6 +132,7 @@ class CacheKey:
     onnx_sha256: str  # of the exact ONNX file parsed
     precision: str  # fp32 | fp16 | int8 (the graph variant)
     profile: Profile
+    tf32: str = "allowed (the library's default)"  # engines.base.tf32_setting() at build time
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -133,18 +133,21 @@ def test_gpu_memory_per_row(monkeypatch):
     monkeypatch.setattr(machine, "device_used_mb", lambda: next(readings))
     calls: list[str] = []
     cuda = SimpleNamespace(
-        is_initialized=lambda: True, reset_peak_memory_stats=lambda: calls.append("reset"), max_memory_reserved=lambda: 300 * 2**20
+        is_initialized=lambda: True, reset_peak_memory_stats=lambda: calls.append("reset"), max_memory_reserved=lambda: 300 * 2**20,
+        empty_cache=lambda: calls.append("empty"), memory_reserved=lambda: 20 * 2**20,  # the baseline's weights
     )
     monkeypatch.setattr(machine, "_torch_cuda", lambda: SimpleNamespace(cuda=cuda))
     gpu = machine.GpuMemory()
+    torch_peak = "peak of PyTorch's allocator during the row, less what it held before the engine loaded"
+    assert gpu.row("baseline") == (300.0, torch_peak)  # the baseline's rows come before any engine
     gpu.mark()
     gpu.start_row()
-    assert calls == ["reset"]
-    assert gpu.row("torch") == (300.0, "peak of PyTorch's allocator during the row") == gpu.row("baseline")
+    assert calls == ["empty", "reset"]
+    assert gpu.row("torch") == (280.0, torch_peak)
     assert gpu.row("trt") == (600.5, "GPU memory used after the row minus before the engine loaded (nvidia-smi)")
     monkeypatch.setattr(machine, "_torch_cuda", lambda: None)
     assert gpu.row("torch") == (None, None)
-    for out, want in (("[N/A]\n", None), (None, None), ("1234\n", (1234.0, "nvidia-smi"))):
+    for out, want in (("[N/A]\n", None), (None, None), ("1234\n", (1234.0, "nvidia-smi")), ("WARNING: infoROM\n 77\n", (77.0, "nvidia-smi"))):
         monkeypatch.setattr(machine, "_run", lambda cmd, out=out: out)
         assert device_used_mb() == want
 

@@ -299,6 +299,9 @@ def test_gpu_engines_take_whole_batches(rec, monkeypatch):
     items = [Item(np.zeros(rec.sample_rate * 2, np.float32), None) for _ in range(6)]
     monkeypatch.setattr(rec, "max_call_audio_seconds", 5.0)
     assert len(rec.calls(items)) == 3
+    for device in ("cpu:0", "CPU"):
+        monkeypatch.setattr(rec.engine, "device", device)
+        assert len(rec.calls(items)) == 3
     for device in ("cuda", "cuda:0"):
         monkeypatch.setattr(rec.engine, "device", device)
         assert rec.calls(items) == [list(range(6))]
@@ -322,7 +325,7 @@ def test_tensorrt_profile_follows_max_batch(tiny_model_dir, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(recognizer, "create_engine", fake_create_engine)
-    for max_batch, batch in ((64, (1, 8, 64)), (32, (1, 8, 32)), (4, (1, 4, 4))):
+    for max_batch, batch in ((64, (1, 8, 64)), (np.int64(64), (1, 8, 64)), (32, (1, 8, 32)), (4, (1, 4, 4))):
         with pytest.raises(Stop):
             EmotionRecognizer.load(tiny_model_dir, engine="trt", max_batch=max_batch)
         assert seen[-1]["profile"].batch == batch

@@ -431,6 +431,14 @@ def test_malformed_forms_get_400_and_odd_but_valid_ones_work(server, recognizer)
                               ({"Content-Disposition": 'form-data; name="text"'}, b"what a day"))
     status, _, got = call("POST", url, data=body, headers=headers)
     assert status == 200 and got["modalities"] == ["text"], got
+    # but an empty named file is empty audio
+    body, headers = multipart(({"Content-Disposition": 'form-data; name="audio"; filename="rec.wav"', "Content-Type": "audio/wav"}, b""))
+    status, _, got = call("POST", url, data=body, headers=headers)
+    assert status == 415 and "empty" in got["error"]["message"], got
+    # curl -F 'audio=<clip.wav' sends no filename and no type: a text field, which WAV bytes are not
+    body, headers = multipart(({"Content-Disposition": 'form-data; name="audio"'}, clip))
+    status, _, got = call("POST", url, data=body, headers=headers)
+    assert status == 400 and "audio=@clip.wav" in got["error"]["message"], got
     bad = [
         multipart(({"Content-Disposition": 'form-data; name="text"', "Content-Type": "text/plain; charset=foo"}, b"hello")),
         multipart(({"Content-Disposition": 'form-data; name="text"', "Content-Transfer-Encoding": "x-uuencode"}, b"hello")),
@@ -457,6 +465,8 @@ def test_stream_cuts_utterances_at_the_servers_max_audio_seconds(recognizer, vad
     assert create_app(recognizer, ServeConfig(), vad=vad, warm_up=False)[STATE].vad_config.max_speech_s == recognizer.spec.frontend.max_audio_seconds
     with pytest.raises(ValueError, match="too short to stream"):
         create_app(recognizer, ServeConfig(max_audio_seconds=0.2), vad=vad, warm_up=False)
+    app = create_app(recognizer, ServeConfig(max_audio_seconds=0.25), vad=None, warm_up=False)  # --no-stream: no such check
+    assert app[STATE].vad_config is None
 
 
 def test_stream_does_not_negotiate_compression(server):

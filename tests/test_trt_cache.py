@@ -53,9 +53,10 @@ def test_key_digest_depends_on_every_field():
         _key(onnx_sha256="cd" * 32),
         _key(precision="int8"),
         _key(profile=Profile(batch=(1, 4, 16))),
+        _key(tf32="off (NVIDIA_TF32_OVERRIDE=0)"),
     ]
     digests = {base.digest} | {k.digest for k in variants}
-    assert len(digests) == 7
+    assert len(digests) == 8
     assert _key().digest == base.digest  # deterministic
     name = base.filename("emotech")
     assert name.startswith("emotech.fp16.nvidia-orin-sm87-trt10.3.0.") and name.endswith(".engine")

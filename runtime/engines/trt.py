@@ -83,7 +83,8 @@ def device_index(device: str | None) -> int:
 def cache_key(cuda: Any, trt: Any, onnx_path: Path, precision: str, profile: Profile, index: int = 0) -> CacheKey:
     dev = cuda.Device(index)
     major, minor = dev.compute_capability()
-    return CacheKey(dev.name(), f"{major}.{minor}", trt.__version__, sha256_file(onnx_path), precision, profile)
+    # NVIDIA_TF32_OVERRIDE=0 at build time changes the kernels chosen: part of the key
+    return CacheKey(dev.name(), f"{major}.{minor}", trt.__version__, sha256_file(onnx_path), precision, profile, tf32_setting())
 
 
 # ------------------------------------------------------------------------ build

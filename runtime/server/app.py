@@ -34,7 +34,7 @@ log = logging.getLogger("emotech.serve")
 class ServerState:
     """Everything the handlers share. Stored on the app as ``app[STATE]``."""
 
-    def __init__(self, recognizer: EmotionRecognizer, config: ServeConfig, vad: SileroVad | None, vad_config: VadConfig):
+    def __init__(self, recognizer: EmotionRecognizer, config: ServeConfig, vad: SileroVad | None, vad_config: VadConfig | None):
         spec = recognizer.spec
         self.recognizer = recognizer
         self.config = config
@@ -182,6 +182,9 @@ async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | No
             form = await request.post()
         # ValueError: no or wrong boundary, a truncated body, a field that is not UTF-8;
         # LookupError: an unknown charset; RuntimeError: an unknown Content-Transfer-Encoding
+        except UnicodeDecodeError as e:  # a part without filename or type is text: curl -F 'audio=<clip.wav'
+            raise ApiError(400, "invalid_form", f"a form field is not UTF-8 text ({e}); send audio as a file part, "
+                           "e.g. curl -F 'audio=@clip.wav' (or -F 'audio=<clip.wav;type=audio/wav')") from e
         except (ValueError, LookupError, RuntimeError) as e:
             raise ApiError(400, "invalid_form", f"body is not a valid {ctype} form: {e}") from e
         for field in ("audio", "text"):
@@ -191,12 +194,12 @@ async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | No
         text = form.get("text")
         if isinstance(audio, str):
             raise ApiError(400, "bad_request", "the 'audio' field must be a file upload (WAV, FLAC or OGG)")
-        if isinstance(audio, (bytes, bytearray)):  # a part without a filename (aiohttp gives its bytes)
-            audio = bytes(audio)
+        if isinstance(audio, (bytes, bytearray)):
+            # a part without a filename (aiohttp gives its bytes); empty, it is a browser's
+            # empty file input (filename="" and no bytes): no audio
+            audio = bytes(audio) or None
         elif audio is not None:
-            audio = audio.file.read()
-        if audio == b"":  # an empty file input (a browser sends filename="" and no bytes): no audio
-            audio = None
+            audio = audio.file.read()  # a named file, empty or not, goes to the decoder
         if text is not None and not isinstance(text, str):
             raise ApiError(400, "invalid_text", "the 'text' field must be a plain form field, not a file")
         return audio, text
@@ -274,7 +277,8 @@ async def model(request: web.Request) -> web.Response:
         "max_body_bytes": cfg.max_body_bytes,
         "max_audio_seconds": state.max_audio_seconds,
         "max_text_chars": state.max_text_chars,
-        "stream": {"available": state.vad is not None, "sample_rate": 16000, "vad": state.vad_config.__dict__},
+        "stream": {"available": state.vad is not None, "sample_rate": 16000,
+                   "vad": state.vad_config.__dict__ if state.vad_config is not None else None},
     }
     return json_response(body)
 
@@ -306,7 +310,7 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
     from runtime.server.stream import stream
 
     config = config or ServeConfig()
-    if vad_config is None:
+    if vad_config is None and vad is not None:
         # streamed utterances are cut at the length /v1/recognize accepts (--max-audio-seconds)
         model_max = recognizer.spec.frontend.max_audio_seconds
         longest = min(config.max_audio_seconds or model_max, model_max)

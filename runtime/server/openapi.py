@@ -75,7 +75,7 @@ def schema() -> dict:
                     "401": _error("missing or wrong API key"),
                     "408": _error("the request body did not arrive within timeout_s"),
                     "413": _error("a limit was exceeded: max_body_bytes, max_audio_seconds, max_decoded_samples or max_text_chars"),
-                    "415": _error("undecodable audio, or a Content-Type other than multipart/form-data or application/json"),
+                    "415": _error("undecodable audio (also zero bytes of it), or a Content-Type other than multipart/form-data or application/json"),
                     "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a bad "
                                   "sample rate; text that is not valid Unicode, or without words and no audio"),
                     "500": _error("the engine failed on this request's batch"),
