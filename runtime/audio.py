@@ -137,22 +137,21 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
         source: object = io.BytesIO(data if isinstance(data, bytes) else bytes(data))
     else:
         try:
-            path = Path(os.fsdecode(data))  # also a bytes path, or an os.PathLike giving one
+            text = os.fsdecode(data)  # also a bytes path, or an os.PathLike giving one
         except (TypeError, ValueError) as e:
             raise AudioDecodeError(f"{name or 'audio'}: not a file path ({e})") from e
-        name = name or str(path)
-        if not str(os.fsdecode(data)):
+        if not text:
             raise AudioDecodeError("the audio file path is empty")
+        path = Path(text)
+        name = name or text
         try:
-            found = path.is_file()
-            kind = "" if found else "is a directory" if path.is_dir() else "is not a regular file (a pipe, socket or device)" if path.exists() else None
+            if not path.is_file():
+                # a directory, a pipe or a device is no file to decode (a pipe may never end)
+                what = "is a directory" if path.is_dir() else "is not a regular file (a pipe, socket or device)"
+                raise AudioDecodeError(f"{name} {what}; give an audio file, or its bytes" if path.exists() else f"no such audio file: {path}")
         except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
             raise AudioDecodeError(f"{name}: cannot open audio file ({e})") from e
-        if kind is None:
-            raise AudioDecodeError(f"no such audio file: {path}")
-        if kind:  # a directory, a pipe or a device: not a file to decode (and may never end)
-            raise AudioDecodeError(f"{name} {kind}; give an audio file, or its bytes")
-        source = str(path)
+        source = text
     import soundfile as sf
 
     try:

@@ -30,6 +30,13 @@ from runtime.spec import ModelSpec, load_spec
 from runtime.text import TextEncoder
 
 
+def batch_size(max_batch: object) -> int:
+    """``max_batch`` as an int, or ValueError: an int (numpy's too, not a bool) >= 1."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+    return int(max_batch)
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
     try:
@@ -58,9 +65,7 @@ class EmotionRecognizer:
     max_call_audio_seconds = 96.0
 
     def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
-        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
-            raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
-        max_batch = int(max_batch)
+        max_batch = batch_size(max_batch)
         self.spec = spec
         self.engine = engine
         self.max_batch = max_batch
@@ -95,14 +100,13 @@ class EmotionRecognizer:
                 ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
         """
         spec = load_spec(model_dir, verify=verify)
-        valid_batch = isinstance(max_batch, (int, np.integer)) and not isinstance(max_batch, bool) and max_batch >= 1
-        if engine == "trt" and "profile" not in engine_kwargs and valid_batch:
+        max_batch = batch_size(max_batch)  # before an engine is built for it
+        if engine == "trt" and "profile" not in engine_kwargs:
             # the TensorRT profile's batch range follows max_batch (else a batch above the
             # default profile's 32 would run as several engine calls)
             from runtime.trt_cache import Profile
 
-            top = int(max_batch)
-            engine_kwargs["profile"] = Profile.for_spec(spec, batch=(1, min(8, top), top))
+            engine_kwargs["profile"] = Profile.for_spec(spec, batch=(1, min(8, max_batch), max_batch))
         return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
 
     @property
@@ -180,8 +184,7 @@ class EmotionRecognizer:
     def run(self, items: Sequence[Item]) -> list[Prediction]:
         """Predictions for already-prepared items, in their order, in the engine calls
         ``calls`` makes of them."""
-        if self._closed:
-            raise RuntimeError("this EmotionRecognizer is closed: load a new one")
+        self._check_open()
         results: list[Prediction | None] = [None] * len(items)
         sr = self.sample_rate
         for idx in self.calls(items):
@@ -244,8 +247,7 @@ class EmotionRecognizer:
         if self.prepare_threads == 1 or clips < 2:
             return [self.prepare(*a) for a in args]
         with self._pool_lock:
-            if self._closed:  # close() may run meanwhile: never make the pool again after it
-                raise RuntimeError("this EmotionRecognizer is closed: load a new one")
+            self._check_open()  # under the lock close() takes: never make the pool again after it
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.prepare_threads, thread_name_prefix="emotech-prepare")
             pool = self._pool
@@ -273,6 +275,10 @@ class EmotionRecognizer:
             "max_tokens": self.spec.max_tokens,
             "max_text_chars": self.spec.max_text_chars,
         }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this EmotionRecognizer is closed: load a new one")
 
     def close(self) -> None:
         """Release the engine and the thread pool; ``predict`` and ``run`` then raise RuntimeError."""

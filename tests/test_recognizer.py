@@ -336,6 +336,10 @@ def test_tensorrt_profile_follows_max_batch(tiny_model_dir, monkeypatch):
     with pytest.raises(Stop):
         EmotionRecognizer.load(tiny_model_dir, engine="ort", max_batch=64)
     assert "profile" not in seen[-1]
+    calls = len(seen)
+    with pytest.raises(ValueError, match="max_batch"):  # before any engine is built
+        EmotionRecognizer.load(tiny_model_dir, engine="trt", max_batch=0)
+    assert len(seen) == calls
 
 
 def test_ort_session_that_fell_back_to_the_cpu_is_refused_on_cuda():

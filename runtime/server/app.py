@@ -180,11 +180,11 @@ async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | No
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: text-only forms
         try:
             form = await request.post()
-        # ValueError: no or wrong boundary, a truncated body, a field that is not UTF-8;
-        # LookupError: an unknown charset; RuntimeError: an unknown Content-Transfer-Encoding
         except UnicodeDecodeError as e:  # a part without filename or type is text: curl -F 'audio=<clip.wav'
             raise ApiError(400, "invalid_form", f"a form field is not UTF-8 text ({e}); send audio as a file part, "
                            "e.g. curl -F 'audio=@clip.wav' (or -F 'audio=<clip.wav;type=audio/wav')") from e
+        # ValueError: no or wrong boundary, a truncated body; LookupError: an unknown charset;
+        # RuntimeError: an unknown Content-Transfer-Encoding
         except (ValueError, LookupError, RuntimeError) as e:
             raise ApiError(400, "invalid_form", f"body is not a valid {ctype} form: {e}") from e
         for field in ("audio", "text"):
