@@ -10,10 +10,11 @@ clip lengths lack it, and are read as measured at the run's one length.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from runtime.trt_cache import atomic_write
 
 SCHEMA = "emotech-latency/1"
 E2E = "end_to_end"
@@ -134,17 +135,9 @@ def targets(rows: list[dict], ratio_rows: list[dict], settings: dict) -> list[di
     return out
 
 
-def replace_text(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all: the checkpoints of a run that a time limit stops
-    (``gpu_rows.sh``) must not leave half a file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(report: dict, out_dir: Path) -> Path:
     path = out_dir / "latency.json"
-    replace_text(path, json.dumps(report, indent=1) + "\n")
+    atomic_write(path, (json.dumps(report, indent=1) + "\n").encode())  # a run stopped mid-write keeps the last whole file
     return path
 
 
@@ -332,7 +325,7 @@ def clip_length_table(rows: list[dict], rat: dict, lengths: list[float]) -> list
 
 def write_markdown(report: dict, out_dir: Path) -> Path:
     path = out_dir / "latency.md"
-    replace_text(path, markdown(report))
+    atomic_write(path, markdown(report).encode())
     return path
 
 

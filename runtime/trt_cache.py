@@ -175,6 +175,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results and caches private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -75,6 +75,9 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path, capsy
     assert "| 0.5 s | 1 s |" in sweep and sweep.count("| ort | fp32 | cpu |") == 2 and sweep.count("| baseline |") == 2
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["complete"] is True and "Partial" not in md
+    # written whole (trt_cache.atomic_write), readable like any results file, no temporaries left
+    assert all((out / n).stat().st_mode & 0o777 == 0o644 for n in ("latency.json", "latency.md"))
+    assert sorted(p.name for p in out.iterdir()) == ["latency.json", "latency.md", "latency.png"]
 
 
 @requires_torch
