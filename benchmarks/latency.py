@@ -50,7 +50,7 @@ from runtime.engines.ort import SPIN_MODES, require_cuda_provider
 from runtime.errors import EmotionError
 from runtime.postprocess import postprocess
 from runtime.recognizer import EmotionRecognizer
-from runtime.spec import BUNDLED_MODEL_DIR, load_spec
+from runtime.spec import load_spec, resolve_model_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ENGINES = ("ort", "torch", "trt")
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--text-words", type=int, default=12, help="words per transcript (default: 12)")
     p.add_argument("--input-rate", type=int, default=48000, help="sample rate the clips are sent at (default: 48000)")
-    p.add_argument("--model-dir", type=Path, default=BUNDLED_MODEL_DIR, help="model folder (default: the bundled weights)")
+    p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: $EMOTECH_MODEL_DIR if set, else the bundled model)")
     p.add_argument(
         "--threads",
         type=int,
@@ -539,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.model_dir = resolve_model_dir(args.model_dir)
     command = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in argv)
     try:
         # checkpoints draw no plot: matplotlib would add ~50 MB to the peak RSS of the rows after them

@@ -13,18 +13,18 @@ import argparse
 import json
 import sys
 
+from runtime import cli
 from runtime.errors import EmotionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.predict", description="Speech emotion recognition on audio files.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("python -m runtime.predict", "Speech emotion recognition on audio files, with or without a transcript.",
+                   epilog="example: python -m runtime.predict examples/espeak_angry_words.wav --json")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files (WAV, FLAC, OGG; any sample rate)")
     p.add_argument("--text", default=None, help="transcript used for every file (or alone, with no PATH)")
-    p.add_argument("--model-dir", default=None, help="model folder (default: the bundled weights)")
-    p.add_argument("--engine", default="ort", choices=["ort", "torch", "trt"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cpu (trt: cuda)")
     p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores")
+    cli.add_model_args(p)
+    cli.add_logging_args(p)
     return p
 
 
@@ -38,17 +38,15 @@ def format_line(path: str | None, pred, as_json: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.configure_logging(args)
     if not args.paths and args.text is None:
-        print("error: give at least one audio PATH or --text", file=sys.stderr)
-        return 2
+        return cli.fail("give at least one audio PATH or --text")
     from runtime.recognizer import EmotionRecognizer
 
     try:
-        device = args.device or ("cuda" if args.engine == "trt" else "cpu")
-        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=device)
+        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device)
     except (EmotionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(str(e))
 
     failed = 0
     try:

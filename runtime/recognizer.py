@@ -12,6 +12,7 @@ Pipeline: ``prepare`` (decode, downmix, resample, validate; check text) ->
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,14 @@ from typing import Sequence
 import numpy as np
 
 from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, to_model_rate
-from runtime.engines import create_engine
+from runtime.engines import AUTO, candidates, create_engine
 from runtime.engines.base import Engine
-from runtime.errors import EmotionError, TextError
+from runtime.errors import EmotionError, EngineUnavailableError, TextError
 from runtime.postprocess import Prediction, postprocess
 from runtime.spec import ModelSpec, load_spec
 from runtime.text import TextEncoder
+
+logger = logging.getLogger(__name__)
 
 
 def batch_size(max_batch: object) -> int:
@@ -56,12 +59,10 @@ class Item:
 class EmotionRecognizer:
     """A model folder loaded on one engine."""
 
-    # Padded audio per engine call on a CPU engine: a batch holding more is split into calls
-    # of up to this much (a clip longer than it runs alone). Beyond about this the MFCC
-    # graph's intermediates outgrow the CPU caches: ``run`` on 32 ten-second clips took
-    # 193.6 ms in one call and 177.9 ms in calls of 9; 32 three-second clips (96 s: one call)
-    # 57.7 vs 57.3 ms (``pytest benchmarks --benchmark-only -k run_32``, medians, 2-core
-    # build VM). GPU engines take whole batches of up to ``max_batch``.
+    # Padded audio per engine call on a CPU engine (seconds): a batch holding more is split
+    # into calls of up to this much (a clip longer than it runs alone), because beyond it the
+    # MFCC graph's intermediates outgrow the CPU caches (docs/benchmarks.md, "Engine-call
+    # size"). GPU engines take whole batches of up to ``max_batch``.
     max_call_audio_seconds = 96.0
 
     def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
@@ -76,12 +77,13 @@ class EmotionRecognizer:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
+        self.engine_notes: tuple[str, ...] = ()  # engine="auto": why each faster engine was skipped
 
     @classmethod
     def load(
         cls,
         model_dir: str | os.PathLike | None = None,
-        engine: str = "ort",
+        engine: str = "auto",
         precision: str = "fp32",
         device: str | None = None,
         verify: bool = True,
@@ -89,25 +91,58 @@ class EmotionRecognizer:
         prepare_threads: int | None = None,
         **engine_kwargs,
     ) -> "EmotionRecognizer":
-        """Load a model folder (None: the bundled weights) on ``engine`` ('ort', 'torch',
-        'trt') at ``precision`` ('fp32', 'fp16', 'int8'). ``prepare_threads`` (default: the
-        CPU count) decode and resample the clips of one ``predict`` call in parallel.
+        """Load a model folder on ``engine`` at ``precision`` ('fp32', 'fp16', 'int8').
+
+        Args:
+            model_dir: the model folder; None: ``$EMOTECH_MODEL_DIR`` if set, else the
+                bundled model (``runtime.spec.resolve_model_dir``).
+            engine: 'auto' (TensorRT, else PyTorch on CUDA, else ONNX Runtime on CUDA,
+                else on the CPU), 'ort', 'torch' or 'trt'.
+            device: 'cpu', 'cuda' or 'cuda:N'; None: ``runtime.engines.default_device``.
+            max_batch: clips per engine call (the TensorRT profile's largest batch).
+            prepare_threads: threads that decode and resample the clips of one
+                ``predict`` call (default: the usable CPU count).
+            engine_kwargs: passed to the engine (e.g. ``threads`` for ONNX Runtime).
 
         Raises:
-            ModelFolderError: missing files, malformed spec or a hash mismatch.
+            ModelFolderError: no model folder, missing files, malformed spec or a hash mismatch.
             EngineUnavailableError: the engine, device or precision cannot run here.
             ValueError: an engine, precision or device name that does not exist, a
                 ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
         """
         spec = load_spec(model_dir, verify=verify)
         max_batch = batch_size(max_batch)  # before an engine is built for it
-        if engine == "trt" and "profile" not in engine_kwargs:
+        if engine != AUTO:
+            return cls(spec, cls._engine(spec, engine, precision, device, max_batch, engine_kwargs), max_batch, prepare_threads)
+        notes: list[str] = []
+        last: Exception | None = None
+        for name, dev, skip in candidates(device):
+            if skip:
+                notes.append(f"{name}/{dev}: skipped ({skip})")
+                continue
+            # only ONNX Runtime takes the CPU-side options (threads, spin) on auto
+            kwargs = engine_kwargs if name == "ort" else {}
+            try:
+                rec = cls(spec, cls._engine(spec, name, precision, dev, max_batch, kwargs), max_batch, prepare_threads)
+            except (EmotionError, ImportError, OSError, RuntimeError) as e:
+                notes.append(f"{name}/{dev}: failed ({type(e).__name__}: {e})")
+                last = e
+                continue
+            rec.engine_notes = tuple(notes)
+            for note in notes:
+                logger.info("engine %s", note)
+            return rec
+        raise EngineUnavailableError("no engine could load the model: " + "; ".join(notes)) from last
+
+    @staticmethod
+    def _engine(spec: ModelSpec, name: str, precision: str, device: str | None, max_batch: int, kwargs: dict) -> Engine:
+        if name == "trt" and "profile" not in kwargs:
             # the TensorRT profile's batch range follows max_batch (else a batch above the
             # default profile's 32 would run as several engine calls)
             from runtime.trt_cache import Profile
 
-            engine_kwargs["profile"] = Profile.for_spec(spec, batch=(1, min(8, max_batch), max_batch))
-        return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
+            kwargs = {**kwargs, "profile": Profile.for_spec(spec, batch=(1, min(8, max_batch), max_batch))}
+        return create_engine(name, spec, precision=precision, device=device, **kwargs)
 
     @property
     def labels(self) -> tuple[str, ...]:

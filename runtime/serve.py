@@ -18,17 +18,17 @@ import logging
 import os
 import sys
 
+from runtime import cli
 from runtime.errors import EmotionError
+from runtime.recognizer import EmotionRecognizer
+
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.serve", description="Dynamic-batching HTTP + WebSocket emotion server.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-dir", default=None, help="model folder; none: the bundled weights")
-    p.add_argument("--engine", default="auto", choices=["auto", "trt", "ort", "torch"], help="auto: trt, else torch on CUDA, else ort")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="none: cuda for trt/torch when a GPU is present, else cpu")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads; none: one per core")
+    p = cli.parser("python -m runtime.serve", "Dynamic-batching HTTP + WebSocket emotion server.")
+    cli.add_model_args(p)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: one per core)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; a non-loopback address needs --api-key")
     p.add_argument("--port", type=int, default=8080, help="0: any free port")
     # Read from the environment in main(), never as a default: --help would print it.
@@ -46,17 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take")
     p.add_argument("--no-stream", action="store_true", help="disable /v1/stream (no VAD model loaded)")
     p.add_argument("--no-warmup", action="store_true", help="ready at once, without the warm-up batches")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    cli.add_logging_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    log = logging.getLogger("emotech.serve")
+    cli.configure_logging(args, default=logging.INFO)
     try:
         from runtime.server.app import create_app
-        from runtime.server.engine import load_recognizer
         from runtime.server.limits import ServeConfig, is_loopback
         from runtime.server.runner import serve
         from runtime.server.vad import SileroVad
@@ -75,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             drain_timeout_s=args.drain_timeout_s)
         if not is_loopback(config.host) and not config.api_key and not args.insecure_no_auth:
             raise ValueError(f"--host {config.host} exposes the server beyond this machine: give --api-key (or --insecure-no-auth)")
-        rec, notes = load_recognizer(args.model_dir, args.engine, args.precision, args.device, args.max_batch, args.threads)
+        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device,
+                                     max_batch=args.max_batch, **({"threads": args.threads} if args.threads and args.engine in ("auto", "ort") else {}))
     except (EmotionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,10 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         rec.close()
         return 2
-    for note in notes:
-        log.info("engine %s", note)
     info = rec.engine.describe()
-    log.info("model %s (%s): engine %s, precision %s, device %s", rec.spec.raw.get("name", "?"), rec.spec.root,
+    logger.info("model %s (%s): engine %s, precision %s, device %s", rec.spec.raw.get("name", "?"), rec.spec.root,
              info.get("engine"), info.get("precision"), info.get("device"))
     try:
         asyncio.run(serve(app, config.host, config.port, config.drain_timeout_s))

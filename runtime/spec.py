@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
-from importlib import metadata
+from importlib import metadata, resources
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,7 +28,9 @@ from runtime.frontend import FrontendConfig
 SPEC_FILE = "spec.json"
 FORMAT = "emotech-model/1"
 MODES = ("audio", "text", "audio+text")  # which modalities an item carries
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "emotech"
+MODEL_DIR_ENV = "EMOTECH_MODEL_DIR"  # environment variable naming the default model folder
+WEIGHTS_PACKAGE = "emotech_weights"  # the package that ships the weights (the checkout's weights/ folder)
+DEFAULT_MODEL = "emotech"  # the bundled model folder inside WEIGHTS_PACKAGE
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,35 @@ class ModelSpec:
                 f"create it with `python -m export.quantize --precision {precision} --model-dir {self.root}`"
             )
         return self.require(variants[precision], f"the {precision} {graph} graph")
+
+
+def weights_path(*parts: str) -> Path | None:
+    """The path of a file or folder shipped in the weights package (``weights/`` in a checkout,
+    ``emotech_weights/`` in an installed wheel), or None when the package is not installed."""
+    try:
+        root = resources.files(WEIGHTS_PACKAGE)
+    except ModuleNotFoundError:
+        return None
+    return Path(str(root.joinpath(*parts)))
+
+
+def resolve_model_dir(model_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The model folder to load: ``model_dir`` when given, else ``$EMOTECH_MODEL_DIR`` when set,
+    else the bundled default model. Raises ``ModelFolderError`` naming every place it looked."""
+    if model_dir is not None:
+        return Path(model_dir)
+    env = os.environ.get(MODEL_DIR_ENV)
+    if env:
+        return Path(env)
+    bundled = weights_path(DEFAULT_MODEL)
+    if bundled is not None and (bundled / SPEC_FILE).is_file():
+        return bundled
+    where = f"{bundled} has no {SPEC_FILE}" if bundled is not None else f"the {WEIGHTS_PACKAGE} package is not installed"
+    raise ModelFolderError(
+        "no model folder found. Looked at: 1. model_dir / --model-dir (not given); "
+        f"2. ${MODEL_DIR_ENV} (not set); 3. the bundled default model ({where}). "
+        f"Pass --model-dir DIR (or model_dir=DIR), or set {MODEL_DIR_ENV}=DIR, where DIR holds {SPEC_FILE}"
+    )
 
 
 def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
@@ -111,11 +143,16 @@ def _inside(name: object) -> bool:
 
 
 def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> ModelSpec:
-    """Read ``spec.json`` from ``model_dir`` (None: the bundled weights), checking hashes."""
-    root = Path(model_dir) if model_dir is not None else BUNDLED_MODEL_DIR
+    """Read ``spec.json`` from ``model_dir`` (None: see ``resolve_model_dir``), checking hashes."""
+    root = resolve_model_dir(model_dir)
     spec_path = root / SPEC_FILE
     if not spec_path.is_file():
-        raise ModelFolderError(f"{root} is not a model folder: {SPEC_FILE} not found")
+        source = "given as model_dir / --model-dir" if model_dir is not None else f"from ${MODEL_DIR_ENV}"
+        raise ModelFolderError(
+            f"{root} ({source}) is not a model folder: {SPEC_FILE} not found there. "
+            f"Pass --model-dir DIR (or model_dir=DIR) or set {MODEL_DIR_ENV}=DIR, where DIR holds {SPEC_FILE}; "
+            "without either, the bundled default model is used"
+        )
     try:
         raw = json.loads(spec_path.read_text())
         if not isinstance(raw, dict):

@@ -27,6 +27,21 @@ OUTPUT = "logits"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def parse_device(device: str) -> tuple[str, int]:
+    """``"cpu"`` -> ("cpu", 0); ``"cuda"`` -> ("cuda", 0); ``"cuda:N"`` -> ("cuda", N).
+
+    Raises:
+        ValueError: any other string, naming the accepted forms.
+    """
+    if device == "cpu":
+        return "cpu", 0
+    if device == "cuda":
+        return "cuda", 0
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        return "cuda", int(device[5:])
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
 class Engine(abc.ABC):
     """One loaded model on one backend."""
 

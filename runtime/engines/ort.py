@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.engines.base import OUTPUT, Engine, tf32_setting
+from runtime.engines.base import OUTPUT, Engine, parse_device, tf32_setting
 from runtime.errors import EngineUnavailableError
 from runtime.spec import ModelSpec
 
@@ -67,19 +67,18 @@ class OrtEngine(Engine):
         for key, value in SPIN_MODES[spin].items():
             opts.add_session_config_entry(key, value)
         available = ort.get_available_providers()
-        if device == "cpu":
-            providers = ["CPUExecutionProvider"]
-        elif device == "cuda":
+        kind, index = parse_device(device)
+        if kind == "cpu":
+            providers: list = ["CPUExecutionProvider"]
+        else:
             if "CUDAExecutionProvider" not in available:
                 raise EngineUnavailableError(
-                    "engine 'ort' on cuda needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"engine 'ort' on {device} needs onnxruntime-gpu (CUDAExecutionProvider); "
                     f"this onnxruntime has {', '.join(available)}. Use device='cpu' or engine='torch'."
                 )
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        if device == "cuda":
+        if kind == "cuda":
             require_cuda_provider(self.session, f"engine 'ort' ({precision})")
         self._version = ort.__version__
         self._spin = spin
@@ -94,7 +93,7 @@ class OrtEngine(Engine):
             "providers": ",".join(self.session.get_providers()),
             "thread_spinning": self._spin,
         }
-        if self.device == "cuda":
+        if parse_device(self.device)[0] == "cuda":
             out["tf32"] = tf32_setting(self.session.get_provider_options().get("CUDAExecutionProvider", {}).get("use_tf32"))
         return out
 

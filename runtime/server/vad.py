@@ -21,11 +21,18 @@ import numpy as np
 
 from runtime.errors import ModelFolderError
 
-VAD_MODEL = Path(__file__).resolve().parents[2] / "weights" / "silero_vad" / "silero_vad_16k_op15.onnx"
+VAD_MODEL_PARTS = ("silero_vad", "silero_vad_16k_op15.onnx")  # inside the weights package
 VAD_SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
 SAMPLE_RATE = 16000  # the only rate this model variant accepts
 WINDOW = 512  # samples scored per call (32 ms)
 CONTEXT = 64  # samples of the previous window prepended to each call
+
+
+def vad_model_path() -> Path | None:
+    """The bundled Silero VAD model file (None when the weights package is not installed)."""
+    from runtime.spec import weights_path
+
+    return weights_path(*VAD_MODEL_PARTS)
 
 
 @dataclass(frozen=True)
@@ -58,15 +65,17 @@ class VadConfig:
 class SileroVad:
     """The Silero VAD ONNX model: speech probability per 512-sample window."""
 
-    def __init__(self, path: str | Path = VAD_MODEL, verify: bool = True):
+    def __init__(self, path: str | Path | None = None, verify: bool = True):
+        """Load the model from ``path`` (None: the bundled copy; ``verify`` checks its sha256)."""
         import onnxruntime as ort
 
         from runtime.spec import sha256_file
 
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFolderError(f"VAD model not found: {path} (see weights/silero_vad/README.md)")
-        if verify and path == VAD_MODEL and sha256_file(path) != VAD_SHA256:
+        bundled = vad_model_path()
+        path = Path(path) if path is not None else bundled
+        if path is None or not path.is_file():
+            raise ModelFolderError(f"VAD model not found: {path or 'the emotech_weights package is not installed'} (see weights/silero_vad/README.md)")
+        if verify and path == bundled and sha256_file(path) != VAD_SHA256:
             raise ModelFolderError(f"{path} does not match its sha256 {VAD_SHA256}")
         opts = ort.SessionOptions()
         # One window is ~0.3 ms of work: threads would cost more than they save.
