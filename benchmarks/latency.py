@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--audio-seconds", default="3",
         help="comma-separated clip lengths in seconds, each measured at every batch size (default: 3; "
-        "the issue's targets are read at 3 s with --text-words 12)",
+        "the CPU targets are read at 3 s with --text-words 12)",
     )  # fmt: skip
     p.add_argument("--text-words", type=int, default=12, help="words per transcript (default: 12)")
     p.add_argument("--input-rate", type=int, default=48000, help="sample rate the clips are sent at (default: 48000)")

@@ -273,10 +273,9 @@ class EmotionRecognizer:
 
         With more than one clip and ``prepare_threads > 1``, the clips are decoded and
         resampled on the thread pool (libsoxr works without the GIL, and so does most of
-        libsndfile's FLAC/OGG decoding: 32 FLAC clips decode in 62.6 ms in one thread, 39.8
-        ms in two, ``-k decode_32``), and then checked and trimmed here, in order: many short numpy
-        calls, which two threads only slow down with GIL hand-overs (32 clips: 2.0 ms in one
-        thread, 4.8 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
+        libsndfile's FLAC/OGG decoding), and then checked and trimmed here, in order: many
+        short numpy calls, which more threads only slow down with GIL hand-overs
+        (docs/benchmarks.md, "Preparing a batch"; ``pytest benchmarks --benchmark-only -k "decode_32 or check_32"``).
         """
         clips = sum(1 for a in args if a[0] is not None)
         if self.prepare_threads == 1 or clips < 2:

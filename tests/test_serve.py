@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EMOTECH_DATA", ROOT.parent / "shared" / "data"))
 RAVDESS = DATA / "ravdess"
 SR = 16000
-TOL = 1e-5  # |server score - EmotionRecognizer.predict score|, the acceptance bound
+TOL = 1e-5  # |server score - EmotionRecognizer.predict score|, the server's parity bound
 
 requires_data = pytest.mark.requires_data
 needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason=f"RAVDESS not found at {RAVDESS}")

@@ -44,11 +44,9 @@ class OrtEngine(Engine):
         """``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
         ``spin``: how the intra-op threads wait for work. "during" (default): busy-wait
         inside a run, sleep as soon as it ends; "always": also keep spinning after a run
-        (ONNX Runtime's own default); "never": always sleep. On the 2-core build machine
-        (benchmarks/results/intel-xeon-2c/latency.md and ort-spin-*/, README "Benchmarks"):
-        "never" is slower at batch 1 in every run; "during" and "always" differ by a few per cent
-        either way from run to run, within the machine's drift, but "always" keeps a core
-        spinning between requests, taking it from the next batch's decoding."""
+        (ONNX Runtime's own default); "never": always sleep. "during" is the default because
+        "never" is slower at batch 1 and "always" keeps a core spinning between requests,
+        taking it from the next batch's decoding (docs/benchmarks.md, "Thread spinning")."""
         if threads is not None and threads < 0:
             raise ValueError(f"threads must be >= 1 (0 or None: the default), got {threads}")
         if spin not in SPIN_MODES:
