@@ -50,6 +50,7 @@ from runtime.engines.ort import SPIN_MODES, require_cuda_provider
 from runtime.errors import EmotionError
 from runtime.postprocess import postprocess
 from runtime.recognizer import EmotionRecognizer
+from runtime import cli
 from runtime.spec import load_spec, resolve_model_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -73,9 +74,7 @@ def _csv(text: str, cast: Callable = str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--profile", choices=tuple(PROFILES), default=None,
         help="preset engines, precisions, device and batch sizes for a kind of machine (the options below override it): "
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default=None, help=f"comma-separated engines from {', '.join(ENGINES)} (default: ort)")
     p.add_argument("--precision", default=None, help="comma-separated precisions: fp32, fp16, int8 (default: fp32)")
     p.add_argument(
-        "--device", default=None, choices=("cpu", "cuda"), help="device for the engines and the baseline (default: cpu)"
+        "--device", default=None, type=cli.device_arg, help="cpu, cuda or cuda:N: device for the engines and the baseline (default: cpu)"
     )
     p.add_argument("--batch", default=None, help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument(

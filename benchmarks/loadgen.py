@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from runtime import cli
 from runtime.spec import package_versions
 
 # ------------------------------------------------------------------ test signals
@@ -227,8 +228,7 @@ def default_out(info: dict) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("python -m benchmarks.loadgen", __doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server on loopback, e.g. http://127.0.0.1:8080")
     where.add_argument("--spawn", action="store_true", help="start `python -m runtime.serve` on a free loopback port")
