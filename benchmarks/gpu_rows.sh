@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of the latency benchmark (README "Benchmarks"), in one command, on a machine
+# The GPU rows of the latency benchmark (docs/benchmarks.md), in one command, on a machine
 # with an NVIDIA GPU and a CUDA build of PyTorch. From the repository root:
 #
 #   bash benchmarks/gpu_rows.sh check
