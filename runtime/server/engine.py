@@ -14,7 +14,7 @@ from pathlib import Path
 from runtime.errors import EmotionError, EngineUnavailableError
 from runtime.recognizer import EmotionRecognizer
 
-log = logging.getLogger("emotech.serve")
+logger = logging.getLogger(__name__)
 
 
 def nvidia_gpu_present() -> bool:
