@@ -266,7 +266,7 @@ def test_pcm16_wav_parse_walks_chunks_and_leaves_the_rest_to_libsndfile():
 
 
 def test_too_long_clips_are_rejected_before_resampling(monkeypatch):
-    import runtime.audio as audio
+    from runtime.audio import condition as audio
 
     def no_resampling(*args):
         raise AssertionError("resampled a clip that is too long anyway")
@@ -339,8 +339,9 @@ def test_decoding_stops_at_max_decoded_samples(monkeypatch):
     """A small file that decodes to too many samples (channels x rate x length) is refused
     once that many are read, whatever its header claims."""
     from runtime import audio
+    from runtime.audio import decoder
 
-    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 100_000)
+    monkeypatch.setattr(decoder, "MAX_DECODED_SAMPLES", 100_000)
     four = np.tile(speechlike(2.0, seed=4)[:, None], (1, 4))  # 4 channels x 32000 frames = 128000 samples
     for fmt in ("FLAC", "OGG"):
         with pytest.raises(AudioError, match="decodes to more than 100000 samples \\(4 channels at 16000 Hz; its header claims 32000"):
@@ -366,8 +367,9 @@ def test_a_header_claiming_too_much_is_refused_unread(monkeypatch):
     import soundfile as sf
 
     from runtime import audio
+    from runtime.audio import decoder
 
-    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 100_000)
+    monkeypatch.setattr(decoder, "MAX_DECODED_SAMPLES", 100_000)
     monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("read a file whose header claims too much"))
     with pytest.raises(AudioError, match="decodes to more than 100000 samples \\(4 channels"):
         audio.decode(encode(np.tile(speechlike(2.0, seed=4)[:, None], (1, 4)), 16000, "FLAC"), "bomb")

@@ -535,9 +535,9 @@ def test_a_body_that_never_arrives_gets_408(recognizer):
 
 
 def test_audio_that_decodes_too_large_gets_413_before_decoding(server, monkeypatch):
-    from runtime import audio
+    from runtime.audio import decoder
 
-    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 100_000)
+    monkeypatch.setattr(decoder, "MAX_DECODED_SAMPLES", 100_000)
     four = np.tile(speechlike(2.0, seed=4)[:, None], (1, 4))  # 128000 samples
     status, _, body = call("POST", server.url + "/v1/recognize", audio=encode(four, SR, "OGG"))
     assert status == 413 and body["error"]["code"] == "audio_too_large" and body["error"]["max"] == 100_000

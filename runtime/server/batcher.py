@@ -23,7 +23,7 @@ from runtime.postprocess import Prediction
 from runtime.recognizer import Item
 from runtime.server.metrics import Metrics
 
-log = logging.getLogger("emotech.serve")
+logger = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
@@ -174,7 +174,7 @@ class Batcher:
             if len(preds) != len(jobs):
                 raise RuntimeError(f"engine returned {len(preds)} predictions for {len(jobs)} items")
         except Exception as e:
-            log.exception("batch of %d failed", len(jobs))
+            logger.exception("batch of %d failed", len(jobs))
             if self.metrics:
                 self.metrics.batch_failures.inc()
             for j in jobs:

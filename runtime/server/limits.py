@@ -140,9 +140,9 @@ def from_emotion_error(e: EmotionError) -> ApiError:
     if isinstance(e, AudioDecodeError):
         return ApiError(415, "undecodable_audio", str(e))
     if isinstance(e, AudioTooLargeError):
-        from runtime import audio
+        from runtime.audio import decoder
 
-        return ApiError(413, "audio_too_large", str(e), "max_decoded_samples", audio.MAX_DECODED_SAMPLES)
+        return ApiError(413, "audio_too_large", str(e), "max_decoded_samples", decoder.MAX_DECODED_SAMPLES)
     if isinstance(e, AudioError):
         return ApiError(422, "invalid_audio", str(e))
     if isinstance(e, TextError):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-log = logging.getLogger("emotech.serve")
+logger = logging.getLogger(__name__)
 
 
 async def serve(app: web.Application, host: str, port: int, drain_timeout_s: float = 30.0,
@@ -44,16 +44,16 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout_s: flo
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
-        log.info("listening on http://%s:%d", bound_host, bound_port)
+        logger.info("listening on http://%s:%d", bound_host, bound_port)
         if on_started:
             on_started(bound_host, bound_port)
         await stop.wait()
-        log.info("shutting down: draining in-flight requests (up to %.0f s)", drain_timeout_s)
+        logger.info("shutting down: draining in-flight requests (up to %.0f s)", drain_timeout_s)
     finally:
         await runner.cleanup()
         for sig in signals:
             loop.remove_signal_handler(sig)
-    log.info("stopped")
+    logger.info("stopped")
 
 
 class BackgroundServer:

@@ -28,16 +28,17 @@ from aiohttp import WSMsgType, web
 
 from runtime.server import limits
 from runtime.server.limits import ApiError
+from runtime.server.state import STATE, ServerState, result_body
 from runtime.server.vad import SAMPLE_RATE, WINDOW, Segment, Segmenter, pcm16_to_float
 
-log = logging.getLogger("emotech.serve")
+logger = logging.getLogger(__name__)
 ENDPOINT = "/v1/stream"
 
 
 class StreamSession:
     """One client's stream: VAD state, pending transcript and in-flight results."""
 
-    def __init__(self, state, ws: web.WebSocketResponse):
+    def __init__(self, state: ServerState, ws: web.WebSocketResponse):
         self.state = state
         self.ws = ws
         self.segmenter = Segmenter(state.vad, state.vad_config)
@@ -138,8 +139,6 @@ class StreamSession:
             await self.send({"type": "error", "segment": seg.index, "start_s": head["start_s"], "end_s": head["end_s"],
                              "error": e.body()["error"]})
             return
-        from runtime.server.app import result_body
-
         total_s = time.perf_counter() - start
         self.state.metrics.stage.observe(total_s, "total")
         self.state.metrics.requests.inc(ENDPOINT, "200")
@@ -160,8 +159,6 @@ class StreamSession:
 
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
-    from runtime.server.app import STATE
-
     state = request.app[STATE]
     if state.vad is None:
         raise ApiError(503, "stream_unavailable", "this server runs without a voice-activity detector; /v1/stream is off")
