@@ -293,7 +293,9 @@ def test_trt_reduced_precision_variants_build_and_agree(model_copy, tmp_path, pr
 
     from export import bundle
     from export.onnx import GRAPHS
-    from export.quantize import convert_to_fp16, feeds_for, quantize_int8, variant_file
+    from export.fp16 import convert_to_fp16
+    from export.int8 import feeds_for, quantize_int8
+    from export.variants import variant_file
     from runtime.recognizer import EmotionRecognizer
 
     ort_rec = EmotionRecognizer.load(model_copy)
