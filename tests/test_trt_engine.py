@@ -471,7 +471,7 @@ def _mixed_items(rec, n=6, seed=0):
 @pytest.mark.requires_trt
 @skip_without_trt
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_trt_fp32_matches_ort_and_reuses_cache(model_copy, tmp_path, cuda_graphs):
+def test_trt_fp32_matches_ort_and_reuses_cache(model_copy, tmp_path, cuda_graphs, caplog):
     from runtime.recognizer import EmotionRecognizer
 
     ort_rec = EmotionRecognizer.load(model_copy)
@@ -491,8 +491,9 @@ def test_trt_fp32_matches_ort_and_reuses_cache(model_copy, tmp_path, cuda_graphs
     engine_file = again.engine.cache_file
     again.close()
     engine_file.write_bytes(engine_file.read_bytes()[:1000])
-    third = EmotionRecognizer.load(model_copy, engine="trt", cache_dir=cache, profile=profile, progress=False)
-    assert third.engine.built
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        third = EmotionRecognizer.load(model_copy, engine="trt", cache_dir=cache, profile=profile, progress=False)
+    assert third.engine.built and "rebuilding" in caplog.text
     third.close()
     third.close()  # idempotent
 
