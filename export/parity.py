@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 
 from export.data import DEFAULT_DATA_ROOT
-from export.quantize import compare_with_fp32
+from export.compare import compare_with_fp32
 from runtime import cli
 from runtime.errors import EmotionError
 from runtime.recognizer import EmotionRecognizer

@@ -1,36 +1,68 @@
-"""TensorRT engine cache: optimisation profile, cache key and a self-checking file format.
+"""TensorRT engine cache: optimisation profile, cache key, file format, checks and build lock.
 
 Pure Python (no TensorRT, no GPU), shared by ``export.trt`` (which builds engines) and
 ``runtime.engines.trt`` (which loads them), and unit-tested without either.
 
-A serialised engine only runs on the GPU model and TensorRT version that built it, for
-the ONNX graph, precision and shape ranges it was built from. The cache key hashes all of
-those, and every cache file carries them again in a header together with the payload's
-length and sha256, so a file that is truncated, corrupted, or was built for something
-else is detected and rebuilt (with a warning) instead of being handed to TensorRT.
+A serialised engine only runs on the GPU model, driver and TensorRT version that built it,
+for the ONNX graph, precision and shape ranges it was built from. ``CacheKey`` holds all of
+those (and what else changes the kernels chosen: SM count and device memory, since Jetson
+modules share a name and compute capability; the CUDA runtime; TF32; the workspace limit);
+its digest names the file, and the file's header repeats the key with the payload's length
+and sha256, so a file that is truncated, corrupted, or built for something else is detected
+and rebuilt instead of being handed to TensorRT.
+
+Trust. A TensorRT engine is code: deserialising it runs what it holds (kernels, plugins).
+The header's sha256 sits in the same file as the payload, so it only detects accidents
+(a crash mid-write, a full disk, a flipped bit); anyone who can write the file can write a
+matching header. The trust anchor is therefore who can write the files:
+
+- the cache folder is created ``0700``; an existing folder (or the target of a symlinked
+  one) must belong to this user and not be writable by group or others, else nothing is
+  read from or written to it and the engine is built in memory (a warning says why);
+- every file (engine, timing cache, build lock) is opened with ``O_NOFOLLOW`` (a symlink
+  is refused, and replaced on the next write, since ``os.replace`` renames over the link,
+  not its target), then ``fstat``'ed on the open descriptor (no check-then-open race): it
+  must be a regular file of this user, not writable by group or others. A refused engine
+  is logged and rebuilt; a refused timing cache is logged and replaced by an empty one.
+
+A keyed hash (HMAC) would add nothing: its key would live beside the cache, readable by
+exactly the users who can already write the cache, and a process running as this user can
+run code as this user anyway.
 
 File layout: ``MAGIC`` (8 bytes) | header length (uint32 little-endian) | header (UTF-8
 JSON) | engine bytes. Writes go to a temporary file in the same folder, are flushed and
 fsync'ed, then ``os.replace``'d over the target, so readers never see a partial file.
+Builds of one key are serialised across processes and threads by an exclusive ``flock`` on
+``<engine file>.lock``: the second process to start waits, then loads what the first built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 import struct
 import tempfile
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: builds are not serialised across processes
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
 MAGIC = b"EMOTRT01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the key has the device, driver, CUDA runtime and workspace fields
 _LEN = struct.Struct("<I")
 MAX_HEADER_BYTES = 1 << 20
 
@@ -49,6 +81,10 @@ class CacheCorrupt(CacheError):
 
 class CacheMismatch(CacheError):
     """A valid file built for another GPU, TensorRT version, graph, precision or profile."""
+
+
+class CacheInsecure(CacheError):
+    """A symlink, a non-regular file, or a file or folder another user could have written."""
 
 
 def _triple(name: str, values: tuple, cast: type) -> tuple:
@@ -109,11 +145,22 @@ class Profile:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
     @classmethod
-    def for_spec(cls, spec: Any, batch: tuple[int, int, int] | None = None, audio_seconds: tuple[float, float, float] | None = None, tokens: tuple[int, int, int] | None = None) -> Profile:
+    def for_spec(
+        cls,
+        spec: Any,
+        batch: tuple[int, int, int] | None = None,
+        audio_seconds: tuple[float, float, float] | None = None,
+        tokens: tuple[int, int, int] | None = None,
+        max_batch: int | None = None,
+    ) -> Profile:
         """The kiosk defaults fitted to a model folder: audio from the shortest to the longest
-        clip the front-end accepts, tokens up to the spec's ``max_tokens``."""
+        clip the front-end accepts, tokens up to the spec's ``max_tokens``; batches of 1-32
+        (opt 8), or 1-``max_batch`` (opt ``min(8, max_batch)``) when ``max_batch`` is given
+        and ``batch`` is not."""
         fe = spec.frontend
         opt_s = min(max(4.0, fe.min_audio_seconds), fe.max_audio_seconds)
+        if batch is None and max_batch is not None:
+            batch = (1, min(8, int(max_batch)), int(max_batch))
         return cls(
             batch=batch or (1, 8, 32),
             audio_seconds=audio_seconds or (fe.min_audio_seconds, opt_s, fe.max_audio_seconds),
@@ -128,11 +175,16 @@ class CacheKey:
 
     gpu_name: str  # e.g. "NVIDIA H100 80GB HBM3", "Orin"
     compute_capability: str  # "9.0", "8.7"
+    sm_count: int  # streaming multiprocessors (Orin modules share a name and capability)
+    total_memory: int  # device memory, bytes
+    driver_version: str  # CUDA driver API version, "12.6"
+    cuda_runtime: str  # CUDA runtime (cudart) version in the process, "12.4", or "unknown"
     tensorrt_version: str  # trt.__version__
     onnx_sha256: str  # of the exact ONNX file parsed
     precision: str  # fp32 | fp16 | int8 (the graph variant)
     profile: Profile
-    tf32: str = "allowed (the library's default)"  # engines.base.tf32_setting() at build time
+    tf32: str  # engines.base.tf32_setting() at build time
+    workspace_bytes: int | None  # builder workspace limit; None: TensorRT's default
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -144,16 +196,20 @@ class CacheKey:
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
+    def _gpu_slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower() or "gpu"
+
     def filename(self, stem: str) -> str:
         """``<stem>.<precision>.<gpu>-sm<cc>-trt<version>.<digest[:16]>.engine``."""
-        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower() or "gpu"
         cc = self.compute_capability.replace(".", "")
-        return f"{stem}.{self.precision}.{gpu}-sm{cc}-trt{self.tensorrt_version}.{self.digest[:16]}.engine"
+        return f"{stem}.{self.precision}.{self._gpu_slug()}-sm{cc}-trt{self.tensorrt_version}.{self.digest[:16]}.engine"
 
     def timing_cache_name(self) -> str:
-        """One timing cache per GPU model and TensorRT version, shared by all graphs."""
-        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower() or "gpu"
-        return f"timing.{gpu}-sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt_version}.cache"
+        """One timing cache per device (model, SM count, memory, driver, CUDA runtime) and
+        TensorRT version, shared by all graphs: ``timing.<gpu>-sm<cc>-trt<version>.<device digest[:12]>.cache``."""
+        device = [self.gpu_name, self.compute_capability, self.sm_count, self.total_memory, self.driver_version, self.cuda_runtime, self.tensorrt_version]
+        digest = hashlib.sha256(json.dumps(device).encode()).hexdigest()[:12]
+        return f"timing.{self._gpu_slug()}-sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt_version}.{digest}.cache"
 
 
 def default_cache_dir() -> Path:
@@ -166,7 +222,8 @@ def default_cache_dir() -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one. The
+    file ends up 0644; a symlink at ``path`` is replaced, never followed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -180,6 +237,109 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ------------------------------------------------------------------ ownership checks
+
+
+def _check_writer(st: os.stat_result, what: str) -> None:
+    """Raise ``CacheInsecure`` unless ``st`` belongs to this user and only this user can write it."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise CacheInsecure(f"{what} belongs to uid {st.st_uid}, not to this user (uid {uid})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CacheInsecure(f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def secure_dir(path: Path) -> Path:
+    """Create the cache folder ``path`` (mode 0700; missing parents with the umask's mode) or
+    check an existing one (a symlinked folder: its target).
+
+    Raises:
+        CacheInsecure: not a folder, another user's, or writable by group or others.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise CacheInsecure(f"{path} is not a folder")
+    _check_writer(st, f"folder {path}")
+    return path
+
+
+def read_private(path: Path) -> bytes:
+    """The bytes of ``path``, opened without following a symlink and checked on the open
+    descriptor: a regular file of this user that group and others cannot write.
+
+    Raises:
+        CacheMissing: no such file.
+        CacheInsecure: a symlink, not a regular file, or failing the ownership check.
+        CacheCorrupt: it cannot be read.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # NONBLOCK: a FIFO never hangs the open
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as e:
+        raise CacheMissing(f"{path} does not exist") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CacheInsecure(f"{path} is a symbolic link") from e
+        raise CacheCorrupt(f"cannot open {path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CacheInsecure(f"{path} is not a regular file")
+        _check_writer(st, str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            return fh.read()
+        except OSError as e:
+            raise CacheCorrupt(f"cannot read {path}: {e.strerror}") from e
+
+
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (created 0600, never followed through a
+    symlink) while building ``path``. The lock goes with its holder: a crashed build never
+    blocks the next one. A lock file that fails the ownership check is not used (logged)."""
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as e:
+        logger.warning("build lock %s cannot be opened (%s); building without it", lock, e.strerror)
+        yield
+        return
+    try:
+        try:
+            _check_writer(os.fstat(fd), f"build lock {lock}")
+        except CacheInsecure as e:
+            logger.warning("%s; building without the lock", e)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process building %s", Path(path).name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- engine files
 
 
 def pack(key: CacheKey, payload: bytes, extra: dict[str, Any] | None = None) -> bytes:
@@ -227,33 +387,62 @@ def unpack(blob: bytes, key: CacheKey | None = None) -> tuple[dict[str, Any], by
 
 def read(path: Path, key: CacheKey) -> bytes:
     """The engine bytes cached at ``path`` for ``key`` (raises a ``CacheError`` subclass)."""
-    try:
-        blob = Path(path).read_bytes()
-    except FileNotFoundError as e:
-        raise CacheMissing(f"{path} does not exist") from e
-    return unpack(blob, key)[1]
+    return unpack(read_private(path), key)[1]
 
 
 def write(path: Path, key: CacheKey, payload: bytes, extra: dict[str, Any] | None = None) -> None:
     atomic_write(path, pack(key, payload, extra))
 
 
+def read_timing_cache(path: Path) -> bytes:
+    """A timing cache's bytes, or ``b""`` (an empty cache) when it is missing or refused (logged)."""
+    try:
+        return read_private(path)
+    except CacheMissing:
+        return b""
+    except CacheError as e:
+        logger.warning("TensorRT timing cache %s is not used (%s); starting from an empty one", path, e)
+        return b""
+
+
+def _build(build: Callable[[], bytes]) -> bytes:
+    payload = build()
+    if not payload:
+        raise RuntimeError("the TensorRT build returned no engine")
+    return payload
+
+
 def load_or_build(path: Path, key: CacheKey, build: Callable[[], bytes], extra: dict[str, Any] | None = None) -> tuple[bytes, bool]:
     """Engine bytes for ``key``: from ``path`` when it holds a valid engine for exactly this
-    key, else from ``build()`` (then cached atomically). Returns ``(bytes, built)``.
+    key, else from ``build()``, then cached atomically. Returns ``(bytes, built)``.
 
-    A corrupt or mismatched file is reported with a ``RuntimeWarning`` and replaced.
+    A corrupt, mismatched or refused file (see the module docstring) is logged and replaced.
+    Builds of one ``path`` hold ``build_lock``: a process that waited for another's build
+    loads its result instead of building again. An unusable cache folder means building
+    in memory, uncached (logged).
     """
+    path = Path(path)
+    try:
+        secure_dir(path.parent)
+    except (CacheInsecure, OSError) as e:
+        logger.warning("TensorRT engine cache folder %s is not used (%s); building the engine without caching it", path.parent, e)
+        return _build(build), True
     try:
         return read(path, key), False
     except CacheMissing:
         pass
     except CacheError as e:
-        warnings.warn(f"TensorRT engine cache {path} is unusable ({e}); rebuilding it", RuntimeWarning, stacklevel=2)
-    payload = build()
-    if not payload:
-        raise RuntimeError("the TensorRT build returned no engine")
-    write(path, key, payload, extra)
+        logger.warning("TensorRT engine cache %s is unusable (%s); rebuilding it", path, e)
+    with build_lock(path):
+        try:
+            payload = read(path, key)
+        except CacheError:
+            pass
+        else:
+            logger.info("TensorRT engine %s was built by another process meanwhile; loading it", path.name)
+            return payload, False
+        payload = _build(build)
+        write(path, key, payload, extra)
     return payload, True
 
 

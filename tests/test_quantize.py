@@ -19,7 +19,7 @@ pytestmark = requires_torch
 
 
 def _feeds(model_dir, n=12, batch=4):
-    from export.quantize import feeds_for
+    from export.int8 import feeds_for
     from runtime.recognizer import EmotionRecognizer
 
     rec = EmotionRecognizer.load(model_dir)
@@ -33,7 +33,7 @@ def _feeds(model_dir, n=12, batch=4):
 
 
 def test_variant_file():
-    from export.quantize import variant_file
+    from export.variants import variant_file
 
     assert variant_file("emotech.onnx", "int8") == "emotech.int8.onnx"
     assert variant_file("audio_branch.onnx", "fp16") == "audio_branch.fp16.onnx"
@@ -42,7 +42,7 @@ def test_variant_file():
 def test_fp16_keeps_frontend_fp32_and_runs(tiny_model_dir):
     import onnxruntime as ort
 
-    from export.quantize import convert_to_fp16, tensor_types
+    from export.fp16 import convert_to_fp16, tensor_types
 
     src = onnx.load(str(tiny_model_dir / "emotech.onnx"))
     m16 = convert_to_fp16(src)
@@ -72,7 +72,7 @@ def test_fp16_keeps_frontend_fp32_and_runs(tiny_model_dir):
 def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
     import onnxruntime as ort
 
-    from export.quantize import INT8_OPS, quantize_int8
+    from export.int8 import INT8_OPS, quantize_int8
 
     _, feeds = _feeds(model_copy)
     dst = model_copy / "emotech.int8.onnx"
@@ -100,6 +100,24 @@ def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
     for feed in feeds:
         a, b = softmax(s32.run(["logits"], feed)[0]), softmax(s8.run(["logits"], feed)[0])
         assert np.abs(a - b).max() <= 0.05
+
+
+def test_cli_help_documents_every_option_once(capsys):
+    from export.quantize import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} >= {"precision", "model_dir", "data_root", "graphs", "method", "eval_limit", "force"}
+    assert all(a.help for a in options)
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for a in options:  # each option's help names its default at most once
+        helped = parser.formatter_class("x")._get_help_string(a) % {"default": a.default}
+        assert helped.count("default") <= 1, helped
+    assert "(default: 240)" in text and "(default: minmax)" in text
 
 
 def test_cli_registers_fp16_variant_loadable_by_the_runtime(model_copy, capsys):
@@ -143,7 +161,7 @@ def test_a_variant_that_fails_the_accuracy_gate_leaves_the_registered_one(model_
 
 
 def test_int8_needs_real_calibration_data(model_copy, tmp_path):
-    from export.quantize import make_variants
+    from export.variants import make_variants
 
     with pytest.raises(FileNotFoundError, match="calibration"):
         make_variants(model_copy, "int8", tmp_path / "no-data")
@@ -155,7 +173,8 @@ def test_int8_needs_real_calibration_data(model_copy, tmp_path):
 @pytest.mark.requires_data
 def test_compare_with_fp32_on_real_test_data(model_copy):
     from export.data import DEFAULT_DATA_ROOT
-    from export.quantize import compare_with_fp32, convert_to_fp16
+    from export.compare import compare_with_fp32
+    from export.fp16 import convert_to_fp16
     from runtime.recognizer import EmotionRecognizer
 
     onnx.save(convert_to_fp16(onnx.load(str(model_copy / "emotech.onnx"))), str(model_copy / "f16.onnx"))
@@ -183,7 +202,7 @@ def _shipped_variants():
 @pytest.mark.parametrize("precision", _shipped_variants() or ["fp16"])
 def test_shipped_variant_within_one_point_of_fp32(precision):
     from export.data import DEFAULT_DATA_ROOT
-    from export.quantize import MAX_UA_LOSS, compare_with_fp32
+    from export.compare import MAX_UA_LOSS, compare_with_fp32
     from runtime.recognizer import EmotionRecognizer
 
     rec = EmotionRecognizer.load(BUNDLED)

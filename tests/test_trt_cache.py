@@ -1,19 +1,39 @@
-"""Engine-cache logic without TensorRT: profile, key, file format, rebuild decisions."""
+"""Engine-cache logic without TensorRT: profile, key, file format, rebuild decisions, the
+ownership and symlink checks, and the build lock (two real processes)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
-import warnings
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
 from runtime import trt_cache
-from runtime.trt_cache import CacheCorrupt, CacheKey, CacheMismatch, CacheMissing, Profile
+from runtime.trt_cache import CacheCorrupt, CacheInsecure, CacheKey, CacheMismatch, CacheMissing, Profile
+from tests.helpers import REPO
 
 
 def _key(**changes) -> CacheKey:
-    base = CacheKey("NVIDIA Orin", "8.7", "10.3.0", "ab" * 32, "fp16", Profile())
+    base = CacheKey(
+        gpu_name="NVIDIA Orin",
+        compute_capability="8.7",
+        sm_count=16,
+        total_memory=64 << 30,
+        driver_version="12.6",
+        cuda_runtime="12.4",
+        tensorrt_version="10.3.0",
+        onnx_sha256="ab" * 32,
+        precision="fp16",
+        profile=Profile(),
+        tf32="allowed (the library's default)",
+        workspace_bytes=None,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -54,13 +74,21 @@ def test_key_digest_depends_on_every_field():
         _key(precision="int8"),
         _key(profile=Profile(batch=(1, 4, 16))),
         _key(tf32="off (NVIDIA_TF32_OVERRIDE=0)"),
+        _key(sm_count=8),  # Orin NX and AGX Orin share a name and compute capability
+        _key(total_memory=16 << 30),
+        _key(driver_version="12.2"),
+        _key(cuda_runtime="12.6"),
+        _key(workspace_bytes=1 << 30),
     ]
     digests = {base.digest} | {k.digest for k in variants}
-    assert len(digests) == 8
+    assert len(digests) == 1 + len(variants) == 13
+    assert {f.name for f in dataclasses.fields(CacheKey)} == {k for k in base.to_dict() if k != "format"}
     assert _key().digest == base.digest  # deterministic
     name = base.filename("emotech")
     assert name.startswith("emotech.fp16.nvidia-orin-sm87-trt10.3.0.") and name.endswith(".engine")
-    assert base.timing_cache_name() == "timing.nvidia-orin-sm87-trt10.3.0.cache"
+    timing = base.timing_cache_name()
+    assert timing.startswith("timing.nvidia-orin-sm87-trt10.3.0.") and timing.endswith(".cache")
+    assert _key(sm_count=8).timing_cache_name() != timing and _key(precision="int8").timing_cache_name() == timing
 
 
 def test_pack_unpack_roundtrip_and_detection():
@@ -93,31 +121,30 @@ def test_load_or_build_builds_once_then_loads(tmp_path):
         calls.append(1)
         return b"engine-bytes"
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a missing file is not worth a warning
-        assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", True)
-        assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", False)
+    assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", True)
+    assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", False)
     assert len(calls) == 1
-    assert [p.name for p in path.parent.iterdir()] == ["e.engine"]  # no temporary files left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["e.engine", "e.engine.lock"]  # no temporary files left
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
-def test_corrupt_cache_is_rebuilt_with_warning(tmp_path, damage):
+def test_corrupt_cache_is_rebuilt_with_warning(tmp_path, damage, caplog):
     path = tmp_path / "e.engine"
     trt_cache.write(path, _key(), b"x" * 4096)
     blob = path.read_bytes()
     path.write_bytes({"truncate": blob[:-100], "garbage": b"\x00" * 50, "flip": blob[:-1] + bytes([blob[-1] ^ 1])}[damage])
-    with pytest.warns(RuntimeWarning, match="unusable"):
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         payload, built = trt_cache.load_or_build(path, _key(), lambda: b"fresh")
-    assert (payload, built) == (b"fresh", True)
+    assert (payload, built) == (b"fresh", True) and "unusable" in caplog.text
     assert trt_cache.read(path, _key()) == b"fresh"
 
 
-def test_mismatched_cache_is_rebuilt_with_warning(tmp_path):
+def test_mismatched_cache_is_rebuilt_with_warning(tmp_path, caplog):
     path = tmp_path / "e.engine"
     trt_cache.write(path, _key(tensorrt_version="10.2.0"), b"old")
-    with pytest.warns(RuntimeWarning, match="different tensorrt_version"):
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         assert trt_cache.load_or_build(path, _key(), lambda: b"new") == (b"new", True)
+    assert "different tensorrt_version" in caplog.text
 
 
 def test_missing_file_and_empty_build(tmp_path):
@@ -156,3 +183,167 @@ def test_parse_triple():
     assert trt_cache.parse_triple("0.5, 4, 30", float) == (0.5, 4.0, 30.0)
     with pytest.raises(ValueError):
         trt_cache.parse_triple("1,2")
+
+
+def test_profile_for_max_batch():
+    spec = type("Spec", (), {"frontend": type("F", (), {"min_audio_seconds": 0.25, "max_audio_seconds": 30.0, "sample_rate": 16000})(), "max_tokens": 128})()
+    assert Profile.for_spec(spec, max_batch=64).batch == (1, 8, 64)
+    assert Profile.for_spec(spec, max_batch=4).batch == (1, 4, 4)
+    assert Profile.for_spec(spec, batch=(2, 2, 2), max_batch=64).batch == (2, 2, 2)  # an explicit range wins
+    assert Profile.for_spec(spec).batch == (1, 8, 32)
+
+
+# ------------------------------------------------------------------ trust checks
+
+
+def test_cache_folder_is_created_0700(tmp_path):
+    folder = tmp_path / "a" / "trt"
+    trt_cache.load_or_build(folder / "e.engine", _key(), lambda: b"bytes")
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_folder_writable_by_others_is_not_used(tmp_path, caplog, mode):
+    folder = tmp_path / "trt"
+    folder.mkdir()
+    os.chmod(folder, mode)
+    planted = folder / "e.engine"
+    trt_cache.write(planted, _key(), b"planted")  # anyone could have put it there
+    builds = []
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        payload, built = trt_cache.load_or_build(planted, _key(), lambda: builds.append(1) or b"fresh")
+    assert (payload, built, builds) == (b"fresh", True, [1])  # built in memory, the planted file not read
+    assert "writable by group or others" in caplog.text and trt_cache.read(planted, _key()) == b"planted"  # nor replaced
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_engine_file_writable_by_others_is_refused_and_rebuilt(tmp_path, caplog, mode):
+    path = tmp_path / "e.engine"
+    trt_cache.write(path, _key(), b"planted")
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.load_or_build(path, _key(), lambda: b"fresh") == (b"fresh", True)
+    assert "writable by group or others" in caplog.text
+    assert trt_cache.read(path, _key()) == b"fresh" and path.stat().st_mode & 0o022 == 0
+
+
+def test_engine_file_of_another_user_is_refused(tmp_path, caplog, monkeypatch):
+    path = tmp_path / "e.engine"
+    trt_cache.write(path, _key(), b"theirs")
+    if os.geteuid() == 0:  # a real foreign owner where this runs as root
+        os.chown(path, 4242, -1)
+        with pytest.raises(CacheInsecure, match="uid 4242"):
+            trt_cache.read(path, _key())
+        os.chown(path, 0, -1)
+    real_uid = os.geteuid()
+    monkeypatch.setattr(trt_cache.os, "geteuid", lambda: real_uid + 4242)  # the file is now someone else's
+    with pytest.raises(CacheInsecure, match="not to this user"):
+        trt_cache.read(path, _key())
+    monkeypatch.undo()
+    assert trt_cache.read(path, _key()) == b"theirs"
+
+
+def test_symlinks_are_not_followed_and_get_replaced(tmp_path, caplog):
+    target = tmp_path / "outside.engine"
+    trt_cache.write(target, _key(), b"elsewhere")
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    path = cache / "e.engine"
+    path.symlink_to(target)
+    with pytest.raises(CacheInsecure, match="symbolic link"):
+        trt_cache.read(path, _key())
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.load_or_build(path, _key(), lambda: b"fresh") == (b"fresh", True)
+    assert "symbolic link" in caplog.text
+    assert not path.is_symlink() and trt_cache.read(path, _key()) == b"fresh"
+    assert trt_cache.read(target, _key()) == b"elsewhere"  # the link's target untouched
+
+
+def test_non_regular_files_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "e.engine"
+    os.mkfifo(fifo)  # an open(O_RDONLY) of a FIFO without a writer would hang
+    with pytest.raises(CacheInsecure, match="not a regular file"):
+        trt_cache.read(fifo, _key())
+    (tmp_path / "d.engine").mkdir()
+    with pytest.raises(CacheInsecure, match="not a regular file"):
+        trt_cache.read(tmp_path / "d.engine", _key())
+
+
+def test_timing_cache_reads_are_checked(tmp_path, caplog):
+    path = tmp_path / "timing.cache"
+    assert trt_cache.read_timing_cache(path) == b""
+    trt_cache.atomic_write(path, b"tactics")
+    assert trt_cache.read_timing_cache(path) == b"tactics"
+    os.chmod(path, 0o666)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.read_timing_cache(path) == b""
+    assert "timing cache" in caplog.text
+
+
+# ------------------------------------------------------------------- build lock
+
+
+_BUILDER = textwrap.dedent(
+    """
+    import dataclasses, json, sys, time
+    from pathlib import Path
+    from runtime import trt_cache
+    from tests.test_trt_cache import _key
+
+    path, log, start = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+    while time.time() < start:  # both processes ask at the same moment
+        time.sleep(0.005)
+
+    def build():
+        with open(log, "a") as fh:
+            fh.write("build\\n")
+        time.sleep(1.0)  # a build takes a while; the other process arrives meanwhile
+        return b"engine-" + sys.argv[4].encode()
+
+    payload, built = trt_cache.load_or_build(path, _key(), build)
+    print(json.dumps({"payload": payload.decode(), "built": built}))
+    """
+)
+
+
+def test_two_processes_starting_together_build_once(tmp_path):
+    path, log = tmp_path / "cache" / "e.engine", tmp_path / "builds.log"
+    start = time.time() + 1.5
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _BUILDER, str(path), str(log), str(start), name], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert log.read_text() == "build\n"  # one build
+    assert sorted(r["built"] for r in results) == [False, True]
+    assert results[0]["payload"] == results[1]["payload"] == trt_cache.read(path, _key()).decode()
+
+
+def test_threads_share_the_lock_too(tmp_path):
+    import threading
+
+    path = tmp_path / "e.engine"
+    builds, results = [], []
+
+    def build():
+        builds.append(1)
+        time.sleep(0.3)
+        return b"engine"
+
+    threads = [threading.Thread(target=lambda: results.append(trt_cache.load_or_build(path, _key(), build))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and sorted(r[1] for r in results) == [False, False, False, True]
+
+
+def test_a_crashed_build_does_not_hold_the_lock(tmp_path):
+    path = tmp_path / "e.engine"
+    with pytest.raises(RuntimeError, match="boom"):
+        trt_cache.load_or_build(path, _key(), lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert trt_cache.load_or_build(path, _key(), lambda: b"ok") == (b"ok", True)

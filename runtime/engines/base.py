@@ -101,3 +101,8 @@ def check_feed(feed: dict[str, np.ndarray]) -> None:
             raise ValueError(f"input {name} must be {np.dtype(dtype).name} of rank {rank}, got {a.dtype} of shape {a.shape}")
         if a.shape[0] != batch:
             raise ValueError(f"input {name} has batch {a.shape[0]}, expected {batch}")
+    # a length beyond its padded width makes the graph read past the row (undefined in TensorRT)
+    for lengths, padded in (("audio_lengths", "audio"), ("token_lengths", "tokens")):
+        width, n = feed[padded].shape[1], feed[lengths]
+        if n.size and (n.min() < 0 or n.max() > width):
+            raise ValueError(f"input {lengths} must be within 0..{width} (the width of {padded}), got {n.min()}..{n.max()}")
