@@ -15,9 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from export.model import EmoTech, EmoTechEnsemble, FusedModel, ModelConfig
 from runtime.frontend import FrontendConfig
-from runtime.spec import DEFAULT_MODEL, FORMAT, SPEC_FILE, package_versions, resolve_model_dir, sha256_file, weights_path
+from runtime.spec import FORMAT, SPEC_FILE, package_versions, resolve_model_dir, sha256_file
 
-DEFAULT_MODEL_DIR = weights_path(DEFAULT_MODEL)  # the shipped model folder (weights/emotech in a checkout)
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 

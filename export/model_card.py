@@ -9,11 +9,10 @@ next to the command that produced it, so the card cannot drift from the measurem
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from export.bundle import DEFAULT_MODEL_DIR
+from runtime import cli
 
 LICENCE = """\
 ## Licence
@@ -158,8 +157,8 @@ def render(model_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    p = cli.parser("python -m export.model_card", __doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, required=True, help="model folder whose MODEL_CARD.md is written from its spec.json and eval/")
     args = p.parse_args(argv)
     (args.model_dir / "MODEL_CARD.md").write_text(render(args.model_dir))
     print(f"wrote {args.model_dir / 'MODEL_CARD.md'}")

@@ -24,25 +24,15 @@ from pathlib import Path
 from export.compare import MAX_UA_LOSS
 from export.int8 import CALIBRATION_METHODS
 from export.variants import PRECISIONS
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each option's help (not the empty ones: ``None``, an unset flag);
-    the description keeps its line breaks."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
+from runtime import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export import bundle
     from export.data import DEFAULT_DATA_ROOT
 
-    p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__, formatter_class=_HelpFormatter)
+    p = cli.parser("python -m export.quantize", __doc__)
     p.add_argument("--precision", required=True, choices=PRECISIONS, help="precision of the variant to write")
-    p.add_argument("--model-dir", type=Path, default=bundle.DEFAULT_MODEL_DIR, help="model folder with FP32 graphs")
+    p.add_argument("--model-dir", type=Path, required=True, help="model folder with FP32 graphs (the variant is written into it)")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="RAVDESS + GoEmotions (calibration and evaluation)")
     p.add_argument("--graphs", nargs="*", default=None, help="graphs to convert; none named converts every FP32 graph in the spec")
     p.add_argument("--calib-audio", type=int, default=240, help="RAVDESS training clips for INT8 calibration")

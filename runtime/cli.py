@@ -19,9 +19,10 @@ from runtime.engines.base import PRECISIONS, parse_device
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Adds "(default: X)" to an option's help only when X says something: not for None,
-    False or an empty list, and not when the help text already states its default."""
+    False or an empty list, and not when the help text already states its default; the
+    description keeps its line breaks."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
