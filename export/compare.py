@@ -23,8 +23,8 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def compare_with_fp32(rec, variants: dict[str, Any], data_root: Path, limit: int | None = None, batch: int = 32) -> dict:
     """Accuracy of the FP32 graph and of each variant on RAVDESS test actors 21-24 (audio
-    only) and GoEmotions test (text only), with the label agreement and the max
-    calibrated-score difference against FP32 on the same feeds.
+    only) and GoEmotions test (text only), with the label agreement and the largest
+    calibrated-score and raw-logit differences against FP32 on the same feeds.
 
     ``variants`` maps a name to a fused ONNX file (run on ONNX Runtime CPU, like the FP32
     reference) or to an engine (anything with ``infer(feed) -> logits``, e.g. a
@@ -62,7 +62,8 @@ def compare_with_fp32(rec, variants: dict[str, Any], data_root: Path, limit: int
             for p, sess in sessions.items():
                 logits[p].append(sess.infer(feed) if hasattr(sess, "infer") else sess.run(["logits"], feed)[0])
         t = rec.spec.temperature[mode]
-        probs = {p: _softmax(np.concatenate(v) / t) for p, v in logits.items()}
+        raw = {p: np.concatenate(v) for p, v in logits.items()}
+        probs = {p: _softmax(z / t) for p, z in raw.items()}
         res: dict = {"title": title, "n": len(y)}
         for p, pr in probs.items():
             rep = classification_report(y, pr.argmax(1), labels)
@@ -70,6 +71,7 @@ def compare_with_fp32(rec, variants: dict[str, Any], data_root: Path, limit: int
             if p != "fp32":
                 row["label_agreement_vs_fp32"] = float((pr.argmax(1) == probs["fp32"].argmax(1)).mean())
                 row["max_score_diff_vs_fp32"] = float(np.abs(pr - probs["fp32"]).max())
+                row["max_logit_diff_vs_fp32"] = float(np.abs(raw[p] - raw["fp32"]).max())
                 row["ua_loss_vs_fp32"] = res["fp32"]["unweighted_accuracy"] - rep["unweighted_accuracy"]
             res[p] = row
         out["modes"][mode] = res

@@ -442,7 +442,10 @@ def load_or_build(path: Path, key: CacheKey, build: Callable[[], bytes], extra: 
             logger.info("TensorRT engine %s was built by another process meanwhile; loading it", path.name)
             return payload, False
         payload = _build(build)
-        write(path, key, payload, extra)
+        try:
+            write(path, key, payload, extra)
+        except OSError as e:  # a full disk or a read-only cache must not lose a finished build
+            logger.warning("TensorRT engine cache %s cannot be written (%s); the engine is used uncached", path, e)
     return payload, True
 
 

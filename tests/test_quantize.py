@@ -72,7 +72,7 @@ def test_fp16_keeps_frontend_fp32_and_runs(tiny_model_dir):
 def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
     import onnxruntime as ort
 
-    from export.int8 import INT8_OPS, quantize_int8
+    from export.int8 import INT8_OPS, final_classifier_nodes, quantize_int8
 
     _, feeds = _feeds(model_copy)
     dst = model_copy / "emotech.int8.onnx"
@@ -91,6 +91,8 @@ def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
             assert c.op_type in INT8_OPS and not c.name.startswith("/mfcc/"), c.name
             quantised.add(c.op_type)
     assert quantised == {"Conv", "Gemm"}  # the tiny model's MatMuls are all in the front-end
+    final = set(final_classifier_nodes(onnx.load(str(model_copy / "emotech.onnx"))))
+    assert final and not final & {c.name for dq in dqs for c in consumers.get(dq.output[0], [])}  # the classifier stays float
     assert all(not any(i.endswith("DequantizeLinear_Output") for i in n.input) for n in q.graph.node if n.op_type == "LSTM")
     inits = {i.name: i for i in q.graph.initializer}
     weights_int8 = [i for i in inits.values() if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
@@ -100,6 +102,56 @@ def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
     for feed in feeds:
         a, b = softmax(s32.run(["logits"], feed)[0]), softmax(s8.run(["logits"], feed)[0])
         assert np.abs(a - b).max() <= 0.05
+
+
+def _head_with_constant_weights():
+    """x -> MatMul(W1 Constant) -> Relu -> MatMul(W2 Constant) -> Add(bias Constant) -> logits:
+    the shape of a merged ensemble's fused head, weights traced as Constant nodes."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2, b = rng.standard_normal((16, 24)).astype(np.float32), rng.standard_normal((24, 7)).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    const = lambda name, arr: helper.make_node("Constant", [], [name], name=f"/{name}", value=numpy_helper.from_array(arr, name))  # noqa: E731
+    nodes = [
+        const("W1", w1), const("W2", w2), const("b", b),
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="/MatMul"),
+        helper.make_node("Relu", ["h"], ["r"], name="/Relu"),
+        helper.make_node("MatMul", ["r", "W2"], ["z"], name="/MatMul_1"),
+        helper.make_node("Add", ["z", "b"], ["logits"], name="/Add"),
+    ]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 7])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng
+
+
+def test_int8_head_weights_per_channel_and_final_classifier_in_float(tmp_path):
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from export.int8 import final_classifier_nodes, quantize_int8
+
+    model, rng = _head_with_constant_weights()
+    assert final_classifier_nodes(model) == ["/MatMul_1"]
+    src, dst = tmp_path / "head.onnx", tmp_path / "head.int8.onnx"
+    onnx.save(model, str(src))
+    feeds = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
+    quantize_int8(src, dst, feeds)
+    q = onnx.load(str(dst))
+    assert check_model(q) == []
+    assert not [n for n in q.graph.node if n.op_type == "Constant" and n.output[0] in ("W1", "W2")]
+    inits = {i.name: i for i in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    first = next(n for n in q.graph.node if n.name == "/MatMul")
+    dq_w = producer[first.input[1]]  # the weight: stored INT8, one scale per output channel
+    assert dq_w.op_type == "DequantizeLinear" and inits[dq_w.input[0]].data_type == TensorProto.INT8
+    assert numpy_helper.to_array(inits[dq_w.input[1]]).shape == (24,)
+    assert producer[first.input[0]].op_type == "DequantizeLinear"  # the activation: Q/DQ
+    last = next(n for n in q.graph.node if n.name == "/MatMul_1")
+    assert all(x not in producer or producer[x].op_type != "DequantizeLinear" for x in last.input)  # float
+    s32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        a, b = s32.run(["logits"], feed)[0], s8.run(["logits"], feed)[0]
+        assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
 
 
 def test_cli_help_documents_every_option_once(capsys):

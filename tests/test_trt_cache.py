@@ -347,3 +347,15 @@ def test_a_crashed_build_does_not_hold_the_lock(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         trt_cache.load_or_build(path, _key(), lambda: (_ for _ in ()).throw(RuntimeError("boom")))
     assert trt_cache.load_or_build(path, _key(), lambda: b"ok") == (b"ok", True)
+
+
+def test_a_finished_build_survives_an_unwritable_cache(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "e.engine"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trt_cache, "atomic_write", full_disk)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.load_or_build(path, _key(), lambda: b"engine") == (b"engine", True)
+    assert "cannot be written" in caplog.text and not path.exists()

@@ -527,3 +527,44 @@ def test_trt_reduced_precision_variants_build_and_agree(model_copy, tmp_path, pr
     got = softmax(rec.engine.infer(feed))
     assert np.abs(got - softmax(ort_q.engine.infer(feed))).max() <= (2e-2 if precision == "int8" else 5e-3)
     rec.close()
+
+
+def test_gpu_rows_builds_each_engine_first_under_its_own_timeout(tmp_path):
+    """``benchmarks/gpu_rows.sh build`` (step 2 of ``run``): one ``export.trt`` per precision
+    with the latency run's profile (--max-batch = the largest of $BATCHES), cached under the
+    output folder, each bounded by $BUILD_TIMEOUT; nothing to build without TensorRT."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"  # answers the import probe and export.trt; anything else is the real Python
+    fake.write_text(
+        "#!/bin/bash\n"
+        'case "$*" in\n'
+        '  *"import tensorrt, pycuda.driver"*) exit "${FAKE_TRT_IMPORT:-0}" ;;\n'
+        '  *"-m export.trt"*) echo "export.trt $* cache=$EMOTECH_CACHE"; sleep "${FAKE_BUILD_SECONDS:-0}"; exit 0 ;;\n'
+        f'  *) exec {sys.executable} "$@" ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    script, out = REPO / "benchmarks" / "gpu_rows.sh", tmp_path / "out"
+
+    def build(**env):
+        return subprocess.run(["bash", str(script), "build", str(out)], capture_output=True, text=True, timeout=120,
+                              env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "BATCHES": "1,8,64", **env})
+
+    done = build()
+    assert done.returncode == 0, done.stderr
+    lines = (out / "build.log").read_text().splitlines()
+    assert [line.split("--precision ")[1].split()[0] for line in lines] == ["fp32", "fp16", "int8"]
+    assert all("--max-batch 64" in line and "--device cuda" in line and f"cache={out}/cache" in line for line in lines)
+    t0 = time.monotonic()
+    done = build(BUILD_TIMEOUT="1", FAKE_BUILD_SECONDS="30")
+    assert done.returncode == 1 and time.monotonic() - t0 < 60
+    assert (out / "build.log").read_text().count("timed out") == 3  # each build had its own second
+    done = build(FAKE_TRT_IMPORT="1")
+    assert done.returncode == 0 and "no engines built" in (out / "build.log").read_text()

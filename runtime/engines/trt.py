@@ -478,7 +478,7 @@ class TrtEngine(Engine):
         self._buffers: dict[str, _Buffer] = {}
         self._graphs: _CudaGraphs | None = None
         self._uncapturable: set[tuple] = set()  # shape sets whose capture failed
-        self._context = self._engine = self._runtime = self._stream = None
+        self._context = self._engine = self._runtime = self._stream = self._ctx = None
         self._ctx = cuda.Device(self.index).retain_primary_context()  # the one retain, released in close()
         self._ctx.push()
         try:
