@@ -16,14 +16,16 @@ The header's sha256 sits in the same file as the payload, so it only detects acc
 (a crash mid-write, a full disk, a flipped bit); anyone who can write the file can write a
 matching header. The trust anchor is therefore who can write the files:
 
-- the cache folder is created ``0700``; an existing folder (or the target of a symlinked
-  one) must belong to this user and not be writable by group or others, else nothing is
-  read from or written to it and the engine is built in memory (a warning says why);
-- every file (engine, timing cache, build lock) is opened with ``O_NOFOLLOW`` (a symlink
-  is refused, and replaced on the next write, since ``os.replace`` renames over the link,
-  not its target), then ``fstat``'ed on the open descriptor (no check-then-open race): it
-  must be a regular file of this user, not writable by group or others. A refused engine
-  is logged and rebuilt; a refused timing cache is logged and replaced by an empty one.
+- the cache folder is created 0700 and cache files are written 0600; a folder is used only
+  if it is a real directory (not a symbolic link) owned by this user and writable by no
+  one else (``check_private_dir``), else nothing is read from or written to it and the
+  engine is built in memory (a warning says why);
+- a file is opened with ``O_NOFOLLOW`` (a symlink is refused, and replaced on the next
+  write, since ``os.replace`` renames over the link, not its target) and ``O_NONBLOCK`` (a
+  FIFO cannot hang the open), then checked with ``fstat`` on the open descriptor, so there
+  is no check-then-open race: it must be a regular file of this user that no one else can
+  write (``read_trusted``). A refused engine is logged and rebuilt; a refused timing cache
+  is logged and replaced by an empty one.
 
 A keyed hash (HMAC) would add nothing: its key would live beside the cache, readable by
 exactly the users who can already write the cache, and a process running as this user can
@@ -32,8 +34,9 @@ run code as this user anyway.
 File layout: ``MAGIC`` (8 bytes) | header length (uint32 little-endian) | header (UTF-8
 JSON) | engine bytes. Writes go to a temporary file in the same folder, are flushed and
 fsync'ed, then ``os.replace``'d over the target, so readers never see a partial file.
-Builds of one key are serialised across processes and threads by an exclusive ``flock`` on
-``<engine file>.lock``: the second process to start waits, then loads what the first built.
+Builds into one cache folder are serialised across processes and threads by an exclusive
+``flock`` on the folder (``build_lock``): the second process to start waits, then loads
+what the first built; the shared timing cache is never written by two builds at once.
 """
 
 from __future__ import annotations
@@ -83,8 +86,8 @@ class CacheMismatch(CacheError):
     """A valid file built for another GPU, TensorRT version, graph, precision or profile."""
 
 
-class CacheInsecure(CacheError):
-    """A symlink, a non-regular file, or a file or folder another user could have written."""
+class CacheUntrusted(CacheError):
+    """The file or its folder may have been written by another user, or is a link."""
 
 
 def _triple(name: str, values: tuple, cast: type) -> tuple:
@@ -221,9 +224,10 @@ def default_cache_dir() -> Path:
     return base / "emotech" / "trt"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one. The
-    file ends up 0644; a symlink at ``path`` is replaced, never followed."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one; the
+    file gets ``mode`` (0o644: results anyone may read; caches use 0o600). A symlink at
+    ``path`` is replaced, never followed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -232,7 +236,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results and caches private
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -242,58 +246,70 @@ def atomic_write(path: Path, data: bytes) -> None:
 # ------------------------------------------------------------------ ownership checks
 
 
-def _check_writer(st: os.stat_result, what: str) -> None:
-    """Raise ``CacheInsecure`` unless ``st`` belongs to this user and only this user can write it."""
+def _untrusted(st: os.stat_result, what: str) -> str | None:
+    """Why a file or folder with status ``st`` may hold another user's bytes, or None."""
     uid = os.geteuid()
     if st.st_uid != uid:
-        raise CacheInsecure(f"{what} belongs to uid {st.st_uid}, not to this user (uid {uid})")
+        return f"{what} is owned by uid {st.st_uid}, not this user ({uid})"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise CacheInsecure(f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+        return f"{what} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
-def secure_dir(path: Path) -> Path:
-    """Create the cache folder ``path`` (mode 0700; missing parents with the umask's mode) or
-    check an existing one (a symlinked folder: its target).
+def check_private_dir(folder: Path) -> None:
+    """Raise ``CacheUntrusted`` unless ``folder`` is a real directory (not a link) owned by
+    this user and writable by no one else (``FileNotFoundError`` if it does not exist)."""
+    st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise CacheUntrusted(f"the cache folder {folder} is {'a symbolic link' if stat.S_ISLNK(st.st_mode) else 'not a directory'}")
+    reason = _untrusted(st, f"the cache folder {folder}")
+    if reason:
+        raise CacheUntrusted(f"{reason}; use a private folder (chmod 700) or --cache-dir")
 
-    Raises:
-        CacheInsecure: not a folder, another user's, or writable by group or others.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+def private_dir(folder: Path) -> Path:
+    """``folder``, created 0700 if absent (missing parents with the umask's mode), checked
+    by ``check_private_dir``."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.mkdir(path, 0o700)
+        os.mkdir(folder, 0o700)
     except FileExistsError:
         pass
-    st = os.stat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise CacheInsecure(f"{path} is not a folder")
-    _check_writer(st, f"folder {path}")
-    return path
+    check_private_dir(folder)
+    return folder
 
 
-def read_private(path: Path) -> bytes:
-    """The bytes of ``path``, opened without following a symlink and checked on the open
-    descriptor: a regular file of this user that group and others cannot write.
+def read_trusted(path: Path) -> bytes:
+    """The bytes of ``path`` if its folder passes ``check_private_dir`` and the file, opened
+    without following a symlink, is a regular file of this user that no one else can write.
 
     Raises:
-        CacheMissing: no such file.
-        CacheInsecure: a symlink, not a regular file, or failing the ownership check.
+        CacheMissing: no such file (or folder).
+        CacheUntrusted: the folder or the file fails the checks, or the file is a link.
         CacheCorrupt: it cannot be read.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # NONBLOCK: a FIFO never hangs the open
+    path = Path(path)
+    try:
+        check_private_dir(path.parent)
+    except FileNotFoundError as e:
+        raise CacheMissing(f"{path} does not exist") from e
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError as e:
         raise CacheMissing(f"{path} does not exist") from e
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise CacheInsecure(f"{path} is a symbolic link") from e
+            raise CacheUntrusted(f"{path} is a symbolic link") from e
         raise CacheCorrupt(f"cannot open {path}: {e.strerror}") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise CacheInsecure(f"{path} is not a regular file")
-        _check_writer(st, str(path))
+            raise CacheUntrusted(f"{path} is not a regular file")
+        reason = _untrusted(st, str(path))
+        if reason:
+            raise CacheUntrusted(reason)
     except BaseException:
         os.close(fd)
         raise
@@ -304,32 +320,25 @@ def read_private(path: Path) -> bytes:
             raise CacheCorrupt(f"cannot read {path}: {e.strerror}") from e
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """``atomic_write`` into a private folder (``private_dir``), readable by this user only."""
+    private_dir(Path(path).parent)
+    atomic_write(path, data, mode=0o600)
+
+
 @contextmanager
-def build_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<path>.lock`` (created 0600, never followed through a
-    symlink) while building ``path``. The lock goes with its holder: a crashed build never
-    blocks the next one. A lock file that fails the ownership check is not used (logged)."""
-    lock = Path(path).with_name(Path(path).name + ".lock")
+def build_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the private cache ``folder`` while building into it.
+    The lock goes with its holder: a crashed build never blocks the next one."""
     if fcntl is None:  # pragma: no cover - not POSIX
         yield
         return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError as e:
-        logger.warning("build lock %s cannot be opened (%s); building without it", lock, e.strerror)
-        yield
-        return
-    try:
-        try:
-            _check_writer(os.fstat(fd), f"build lock {lock}")
-        except CacheInsecure as e:
-            logger.warning("%s; building without the lock", e)
-            yield
-            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("waiting for another process building %s", Path(path).name)
+            logger.info("waiting for another process building into %s", folder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
@@ -387,21 +396,21 @@ def unpack(blob: bytes, key: CacheKey | None = None) -> tuple[dict[str, Any], by
 
 def read(path: Path, key: CacheKey) -> bytes:
     """The engine bytes cached at ``path`` for ``key`` (raises a ``CacheError`` subclass)."""
-    return unpack(read_private(path), key)[1]
+    return unpack(read_trusted(path), key)[1]
 
 
 def write(path: Path, key: CacheKey, payload: bytes, extra: dict[str, Any] | None = None) -> None:
-    atomic_write(path, pack(key, payload, extra))
+    write_private(path, pack(key, payload, extra))
 
 
 def read_timing_cache(path: Path) -> bytes:
     """A timing cache's bytes, or ``b""`` (an empty cache) when it is missing or refused (logged)."""
     try:
-        return read_private(path)
+        return read_trusted(path)
     except CacheMissing:
         return b""
     except CacheError as e:
-        logger.warning("TensorRT timing cache %s is not used (%s); starting from an empty one", path, e)
+        logger.warning("TensorRT timing cache not used: %s", e)
         return b""
 
 
@@ -414,26 +423,28 @@ def _build(build: Callable[[], bytes]) -> bytes:
 
 def load_or_build(path: Path, key: CacheKey, build: Callable[[], bytes], extra: dict[str, Any] | None = None) -> tuple[bytes, bool]:
     """Engine bytes for ``key``: from ``path`` when it holds a valid engine for exactly this
-    key, else from ``build()``, then cached atomically. Returns ``(bytes, built)``.
+    key and passes ``read_trusted``'s checks, else from ``build()``, then cached atomically.
+    Returns ``(bytes, built)``.
 
-    A corrupt, mismatched or refused file (see the module docstring) is logged and replaced.
-    Builds of one ``path`` hold ``build_lock``: a process that waited for another's build
-    loads its result instead of building again. An unusable cache folder means building
-    in memory, uncached (logged).
+    A corrupt, mismatched or untrusted file is logged and replaced. Builds hold
+    ``build_lock`` on the folder: a process that waited for another's build loads its
+    result instead of building again. A folder that is not private is neither read nor
+    written (the engine is built in memory, logged); a failed cache write is logged and the
+    built engine used.
     """
     path = Path(path)
-    try:
-        secure_dir(path.parent)
-    except (CacheInsecure, OSError) as e:
-        logger.warning("TensorRT engine cache folder %s is not used (%s); building the engine without caching it", path.parent, e)
-        return _build(build), True
     try:
         return read(path, key), False
     except CacheMissing:
         pass
     except CacheError as e:
         logger.warning("TensorRT engine cache %s is unusable (%s); rebuilding it", path, e)
-    with build_lock(path):
+    try:
+        private_dir(path.parent)
+    except (CacheUntrusted, OSError) as e:
+        logger.warning("TensorRT engine not cached: %s", e)
+        return _build(build), True
+    with build_lock(path.parent):
         try:
             payload = read(path, key)
         except CacheError:
@@ -444,8 +455,8 @@ def load_or_build(path: Path, key: CacheKey, build: Callable[[], bytes], extra: 
         payload = _build(build)
         try:
             write(path, key, payload, extra)
-        except OSError as e:  # a full disk or a read-only cache must not lose a finished build
-            logger.warning("TensorRT engine cache %s cannot be written (%s); the engine is used uncached", path, e)
+        except (CacheUntrusted, OSError) as e:  # a full disk or a changed folder must not lose a finished build
+            logger.warning("TensorRT engine not cached: %s", e)
     return payload, True
 
 

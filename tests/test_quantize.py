@@ -261,3 +261,14 @@ def test_shipped_variant_within_one_point_of_fp32(precision):
     ev = compare_with_fp32(rec, {precision: rec.spec.graph_file("fused", precision)}, DEFAULT_DATA_ROOT)
     for mode, r in ev["modes"].items():
         assert r[precision]["ua_loss_vs_fp32"] <= MAX_UA_LOSS, (mode, r)
+
+
+def test_a_variant_failing_the_parser_check_leaves_no_pending_file(model_copy, monkeypatch):
+    import export.op_support
+    from export.op_support import Issue
+    from export.variants import make_variants
+
+    monkeypatch.setattr(export.op_support, "check_file", lambda path: [Issue("n", "Gelu", "not supported")])
+    with pytest.raises(RuntimeError, match="would not parse on TensorRT 10.3"):
+        make_variants(model_copy, "fp16", None)
+    assert not list(model_copy.glob("*.new"))

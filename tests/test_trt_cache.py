@@ -15,7 +15,7 @@ import time
 import pytest
 
 from runtime import trt_cache
-from runtime.trt_cache import CacheCorrupt, CacheInsecure, CacheKey, CacheMismatch, CacheMissing, Profile
+from runtime.trt_cache import CacheCorrupt, CacheKey, CacheMismatch, CacheMissing, CacheUntrusted, Profile
 from tests.helpers import REPO
 
 
@@ -124,7 +124,7 @@ def test_load_or_build_builds_once_then_loads(tmp_path):
     assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", True)
     assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", False)
     assert len(calls) == 1
-    assert sorted(p.name for p in path.parent.iterdir()) == ["e.engine", "e.engine.lock"]  # no temporary files left
+    assert [p.name for p in path.parent.iterdir()] == ["e.engine"]  # no temporary or lock files left
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
@@ -196,10 +196,18 @@ def test_profile_for_max_batch():
 # ------------------------------------------------------------------ trust checks
 
 
-def test_cache_folder_is_created_0700(tmp_path):
-    folder = tmp_path / "a" / "trt"
-    trt_cache.load_or_build(folder / "e.engine", _key(), lambda: b"bytes")
-    assert folder.stat().st_mode & 0o777 == 0o700
+def test_cache_folder_and_files_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        folder = tmp_path / "a" / "trt"
+        trt_cache.load_or_build(folder / "e.engine", _key(), lambda: b"bytes")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o700 and (folder / "e.engine").stat().st_mode & 0o777 == 0o600
+    link = tmp_path / "link"  # a symlinked cache folder is refused too
+    link.symlink_to(folder, target_is_directory=True)
+    with pytest.raises(CacheUntrusted, match="symbolic link"):
+        trt_cache.read(link / "e.engine", _key())
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
@@ -208,12 +216,13 @@ def test_folder_writable_by_others_is_not_used(tmp_path, caplog, mode):
     folder.mkdir()
     os.chmod(folder, mode)
     planted = folder / "e.engine"
-    trt_cache.write(planted, _key(), b"planted")  # anyone could have put it there
+    trt_cache.atomic_write(planted, trt_cache.pack(_key(), b"planted"), mode=0o600)  # anyone could have put it there
     builds = []
     with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         payload, built = trt_cache.load_or_build(planted, _key(), lambda: builds.append(1) or b"fresh")
     assert (payload, built, builds) == (b"fresh", True, [1])  # built in memory, the planted file not read
-    assert "writable by group or others" in caplog.text and trt_cache.read(planted, _key()) == b"planted"  # nor replaced
+    assert "cache folder" in caplog.text and "writable by other users" in caplog.text and "not cached" in caplog.text
+    assert trt_cache.unpack(planted.read_bytes())[1] == b"planted"  # nor replaced
 
 
 @pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
@@ -223,8 +232,8 @@ def test_engine_file_writable_by_others_is_refused_and_rebuilt(tmp_path, caplog,
     os.chmod(path, mode)
     with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         assert trt_cache.load_or_build(path, _key(), lambda: b"fresh") == (b"fresh", True)
-    assert "writable by group or others" in caplog.text
-    assert trt_cache.read(path, _key()) == b"fresh" and path.stat().st_mode & 0o022 == 0
+    assert "writable by other users" in caplog.text
+    assert trt_cache.read(path, _key()) == b"fresh" and path.stat().st_mode & 0o777 == 0o600
 
 
 def test_engine_file_of_another_user_is_refused(tmp_path, caplog, monkeypatch):
@@ -232,25 +241,25 @@ def test_engine_file_of_another_user_is_refused(tmp_path, caplog, monkeypatch):
     trt_cache.write(path, _key(), b"theirs")
     if os.geteuid() == 0:  # a real foreign owner where this runs as root
         os.chown(path, 4242, -1)
-        with pytest.raises(CacheInsecure, match="uid 4242"):
+        with pytest.raises(CacheUntrusted, match="owned by uid 4242"):
             trt_cache.read(path, _key())
         os.chown(path, 0, -1)
     real_uid = os.geteuid()
     monkeypatch.setattr(trt_cache.os, "geteuid", lambda: real_uid + 4242)  # the file is now someone else's
-    with pytest.raises(CacheInsecure, match="not to this user"):
+    with pytest.raises(CacheUntrusted, match="not this user"):
         trt_cache.read(path, _key())
     monkeypatch.undo()
     assert trt_cache.read(path, _key()) == b"theirs"
 
 
 def test_symlinks_are_not_followed_and_get_replaced(tmp_path, caplog):
-    target = tmp_path / "outside.engine"
+    target = tmp_path / "outside" / "e.engine"
     trt_cache.write(target, _key(), b"elsewhere")
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
     path = cache / "e.engine"
     path.symlink_to(target)
-    with pytest.raises(CacheInsecure, match="symbolic link"):
+    with pytest.raises(CacheUntrusted, match="symbolic link"):
         trt_cache.read(path, _key())
     with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         assert trt_cache.load_or_build(path, _key(), lambda: b"fresh") == (b"fresh", True)
@@ -262,22 +271,22 @@ def test_symlinks_are_not_followed_and_get_replaced(tmp_path, caplog):
 def test_non_regular_files_are_refused_without_blocking(tmp_path):
     fifo = tmp_path / "e.engine"
     os.mkfifo(fifo)  # an open(O_RDONLY) of a FIFO without a writer would hang
-    with pytest.raises(CacheInsecure, match="not a regular file"):
+    with pytest.raises(CacheUntrusted, match="not a regular file"):
         trt_cache.read(fifo, _key())
     (tmp_path / "d.engine").mkdir()
-    with pytest.raises(CacheInsecure, match="not a regular file"):
+    with pytest.raises(CacheUntrusted, match="not a regular file"):
         trt_cache.read(tmp_path / "d.engine", _key())
 
 
 def test_timing_cache_reads_are_checked(tmp_path, caplog):
     path = tmp_path / "timing.cache"
     assert trt_cache.read_timing_cache(path) == b""
-    trt_cache.atomic_write(path, b"tactics")
+    trt_cache.write_private(path, b"tactics")
     assert trt_cache.read_timing_cache(path) == b"tactics"
     os.chmod(path, 0o666)
     with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         assert trt_cache.read_timing_cache(path) == b""
-    assert "timing cache" in caplog.text
+    assert "timing cache not used" in caplog.text
 
 
 # ------------------------------------------------------------------- build lock
@@ -349,7 +358,7 @@ def test_a_crashed_build_does_not_hold_the_lock(tmp_path):
     assert trt_cache.load_or_build(path, _key(), lambda: b"ok") == (b"ok", True)
 
 
-def test_a_finished_build_survives_an_unwritable_cache(tmp_path, monkeypatch, caplog):
+def test_a_finished_build_survives_an_unwritable_cache(tmp_path, monkeypatch, caplog):  # e.g. a full disk
     path = tmp_path / "e.engine"
 
     def full_disk(*args, **kwargs):
@@ -358,4 +367,4 @@ def test_a_finished_build_survives_an_unwritable_cache(tmp_path, monkeypatch, ca
     monkeypatch.setattr(trt_cache, "atomic_write", full_disk)
     with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         assert trt_cache.load_or_build(path, _key(), lambda: b"engine") == (b"engine", True)
-    assert "cannot be written" in caplog.text and not path.exists()
+    assert "not cached" in caplog.text and not path.exists()

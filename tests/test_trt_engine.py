@@ -105,7 +105,7 @@ def test_timing_cache_written_by_others_is_not_read(tmp_path, caplog):
     rec = Recorder()
     with caplog.at_level(logging.WARNING):
         build_serialized_engine(tmp_path / "g.onnx", Profile(), timing, trt=fake_tensorrt(rec=rec), progress=False)
-    assert rec.get("timing_in") == [(b"",)] and "writable by group or others" in caplog.text
+    assert rec.get("timing_in") == [(b"",)] and "writable by other users" in caplog.text
     target = tmp_path / "elsewhere.cache"
     target.write_bytes(b"via-link")
     timing.unlink()

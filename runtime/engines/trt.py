@@ -252,7 +252,10 @@ def _save_timing_cache(config: Any, path: Path) -> None:
     if cache is None:
         logger.warning("the builder holds no timing cache after the build; %s is left as it was", path)
         return
-    trt_cache.atomic_write(path, bytes(memoryview(cache.serialize())))
+    try:
+        trt_cache.write_private(path, bytes(memoryview(cache.serialize())))
+    except (trt_cache.CacheUntrusted, OSError) as e:
+        logger.warning("TensorRT timing cache not saved: %s", e)
 
 
 def build_serialized_engine(
