@@ -41,8 +41,9 @@ def candidates() -> list[tuple[str, str, str | None]]:
 
 
 def load_recognizer(model_dir: str | Path | None, engine: str = "auto", precision: str = "fp32", device: str | None = None,
-                    max_batch: int = 32, threads: int | None = None) -> tuple[EmotionRecognizer, list[str]]:
-    """Load the model on ``engine`` (or the best available for ``auto``).
+                    max_batch: int = 32, threads: int | None = None, asr: str | None = None) -> tuple[EmotionRecognizer, list[str]]:
+    """Load the model on ``engine`` (or the best available for ``auto``), with the
+    ``asr`` transcriber (a ``runtime.asr`` name; None: none).
 
     Returns:
         The recognizer and one line per engine that was skipped or failed, saying why.
@@ -54,7 +55,7 @@ def load_recognizer(model_dir: str | Path | None, engine: str = "auto", precisio
     if engine != "auto":
         dev = device or ("cpu" if engine == "ort" or not nvidia_gpu_present() else "cuda")
         extra = kwargs if engine == "ort" else {}
-        return EmotionRecognizer.load(model_dir, engine=engine, precision=precision, device=dev, max_batch=max_batch, **extra), []
+        return EmotionRecognizer.load(model_dir, engine=engine, precision=precision, device=dev, max_batch=max_batch, asr=asr, **extra), []
     notes: list[str] = []
     last: Exception | None = None
     for name, dev, skip in candidates():
@@ -65,7 +66,8 @@ def load_recognizer(model_dir: str | Path | None, engine: str = "auto", precisio
             continue
         try:
             extra = kwargs if name == "ort" else {}
-            return EmotionRecognizer.load(model_dir, engine=name, precision=precision, device=dev, max_batch=max_batch, **extra), notes
+            return EmotionRecognizer.load(model_dir, engine=name, precision=precision, device=dev, max_batch=max_batch, asr=asr,
+                                          **extra), notes
         except (EmotionError, ImportError, OSError, RuntimeError) as e:
             notes.append(f"{name}/{dev}: failed ({type(e).__name__}: {e})")
             last = e
