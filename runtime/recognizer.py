@@ -21,9 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.asr import Transcriber, load_transcriber
 from runtime.asr import SAMPLE_RATE as ASR_SAMPLE_RATE
-from runtime.asr import TranscriptionError
+from runtime.asr import Transcriber, TranscriptionError, load_transcriber
 from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, resample, to_model_rate
 from runtime.engines import create_engine
 from runtime.engines.base import Engine

@@ -172,7 +172,7 @@ def test_pocketsphinx_transcribes_the_example_clip_and_the_cli_prints_it(sphinx,
 def test_server_fills_transcripts_and_reports_a_failing_transcriber(tiny_model_dir):
     """/v1/recognize and /v1/stream with a transcriber: its words when the caller sends
     none, the caller's otherwise; a transcriber that fails is the server's 500."""
-    aiohttp = pytest.importorskip("aiohttp")
+    pytest.importorskip("aiohttp")
     from benchmarks.loadgen import speechlike as voiced
     from runtime.server.app import create_app
     from runtime.server.runner import BackgroundServer

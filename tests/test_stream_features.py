@@ -2,8 +2,8 @@
 per-modality scores, smoothing), score smoothing, the --vad-* options, the API key as a
 WebSocket subprotocol, and the page's static files; plus the stream resampler.
 
-Real server on 127.0.0.1 (``BackgroundServer``), real model (the fixtures of
-``tests/test_serve.py``), synthetic voiced audio that Silero VAD takes for speech.
+Real server on 127.0.0.1 (``BackgroundServer``), the bundled model, synthetic voiced
+audio that Silero VAD takes for speech.
 """
 
 from __future__ import annotations
@@ -19,18 +19,31 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp")
 
+from benchmarks.loadgen import speechlike
 from runtime.audio import StreamResampler, resample
+from runtime.recognizer import EmotionRecognizer
 from runtime.server.app import create_app
 from runtime.server.limits import ServeConfig
 from runtime.server.runner import BackgroundServer
 from runtime.server.smoothing import ScoreSmoother, check_half_life
 from runtime.server.stream_options import parse_start
-from runtime.server.vad import VadConfig
-from benchmarks.loadgen import speechlike
-from tests.test_serve import TOL, assert_same, call, model_dir, quiet, recognizer, vad, wait_ready  # noqa: F401 - fixtures
+from runtime.server.vad import SileroVad, VadConfig
+from tests.test_serve import TOL, assert_same, call, quiet, wait_ready
 
 SR = 16000
 KEY = "s3cret-key/with+odd=chars"
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    rec = EmotionRecognizer.load(max_batch=32)  # the bundled weights
+    yield rec
+    rec.close()
+
+
+@pytest.fixture(scope="module")
+def vad() -> SileroVad:
+    return SileroVad()
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +152,7 @@ def test_start_after_audio_or_twice_is_refused(server):
     for first in ([pcm16(quiet(0.1)), {"type": "start", "sample_rate": 48000}],
                   [{"type": "start"}, {"type": "start", "sample_rate": 48000}]):
         messages = talk(server.url, first)
-        error = [m for m in messages if m.get("type") == "error"][0]["error"]
+        error = next(m for m in messages if m.get("type") == "error")["error"]
         assert error["code"] == "invalid_start" and "once, before the first audio frame" in error["message"]
         assert messages[-1]["close"] == 1008
 

@@ -27,7 +27,8 @@ not thread-safe keeps one decoder per thread, as ``PocketSphinx`` does.
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -8,6 +8,7 @@
   const EMOJI = { neutral: "😐", happy: "😄", sad: "😢", angry: "😠", fearful: "😨", disgust: "🤢", surprised: "😲" };
   const KEY_STORE = "emotech.apiKey";
   const TIMELINE_S = 60;  // seconds of history on the timeline
+  const MAX_RATE = 48000;  // Hz: the highest sample rate /v1/stream accepts
   const WAVE_POINTS = 600;  // min/max pairs drawn on the waveform (one per 2048-frame chunk: ~25 s at 48 kHz)
   const $ = (id) => document.getElementById(id);
 
@@ -142,6 +143,10 @@
       return;
     }
     ctx = new AudioContext();
+    if (ctx.sampleRate > MAX_RATE) {  // e.g. a 96-kHz interface: let the browser resample to what the stream takes
+      await ctx.close();
+      ctx = new AudioContext({ sampleRate: MAX_RATE });
+    }
     await ctx.audioWorklet.addModule("/demo/capture-worklet.js");
     const source = ctx.createMediaStreamSource(media);
     const node = new AudioWorkletNode(ctx, "emotech-capture", { processorOptions: { chunk: 2048 } });
