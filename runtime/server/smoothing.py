@@ -21,10 +21,10 @@ DEFAULT_HALF_LIFE_S = 5.0  # the last utterance or two dominate; a minute-old on
 MAX_HALF_LIFE_S = 3600.0
 
 
-def check_half_life(half_life_s: object) -> float:
-    """``half_life_s`` as a float, or ``ValueError``: a number in [0, 3600] (seconds)."""
+def check_half_life(half_life_s: object, name: str = "smoothing_half_life_s") -> float:
+    """``half_life_s`` as a float, or ``ValueError`` naming ``name``: a number in [0, 3600] (seconds)."""
     if isinstance(half_life_s, bool) or not isinstance(half_life_s, (int, float)) or not 0 <= half_life_s <= MAX_HALF_LIFE_S:
-        raise ValueError(f"smoothing half-life must be a number of seconds in [0, {MAX_HALF_LIFE_S:g}] (0: off), got {half_life_s!r}")
+        raise ValueError(f"{name} must be a number of seconds in [0, {MAX_HALF_LIFE_S:g}] (0: no smoothing), got {half_life_s!r}")
     return float(half_life_s)
 
 
