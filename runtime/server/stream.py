@@ -86,14 +86,13 @@ class StreamSession:
                     await self.send({"type": "error", "error": {"code": "bad_frame", "message": str(e)}})
                     continue
                 self._got_audio = True
-                if self.resampler is not None:
-                    samples = self.resampler(samples)
-                if self.segmenter.position + samples.size > max_samples:
+                arriving = samples.size * SAMPLE_RATE // self.options.sample_rate  # at 16 kHz
+                if self.segmenter.position + arriving > max_samples:
                     await self.send({"type": "error", "error": {"code": "stream_too_long", "message": (
                         f"a stream may carry at most {self.state.config.max_stream_seconds:g} s of audio; reconnect"),
                         "limit": "max_stream_seconds", "max": self.state.config.max_stream_seconds}})
                     break
-                self.schedule(await self.segment(self.segmenter.feed, samples))
+                self.schedule(await self.segment(self._feed, samples))
             elif msg.type == WSMsgType.TEXT:
                 await self.on_text(msg.data)
                 if self._finishing:
@@ -153,7 +152,7 @@ class StreamSession:
             self.text = [" ".join(self.text)[-limit:]]
 
     async def segment(self, fn, *args) -> list[Segment]:
-        """Run the VAD (``feed`` or ``flush``) on the decode pool, one call at a time."""
+        """Run the resampler and VAD (``_feed`` or ``_flush``) on the decode pool, one call at a time."""
         async with self._vad_lock:
             return await asyncio.get_running_loop().run_in_executor(self.state.pool, fn, *args)
 
@@ -211,6 +210,10 @@ class StreamSession:
         if self.options.per_modality:
             body["modality_scores"] = per_modality
         return body
+
+    def _feed(self, samples) -> list[Segment]:
+        """Audio at the client's rate: resampled to 16 kHz (on the pool, like the VAD), then segmented."""
+        return self.segmenter.feed(samples if self.resampler is None else self.resampler(samples))
 
     def _flush(self) -> list[Segment]:
         """End of audio: the resampler's tail, then the open utterance."""
