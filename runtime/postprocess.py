@@ -16,6 +16,8 @@ class Prediction:
     modalities: tuple[str, ...]  # which inputs the item carried: ("audio",), ("text",) or both
     duration_s: float | None = None  # seconds of audio scored (after silence trimming), None for text-only
     timings_ms: dict[str, float] = field(default_factory=dict, compare=False)  # filled by callers that time stages
+    transcript: str | None = None  # the text the model read (the caller's or a recogniser's); None: none
+    transcript_source: str | None = None  # "caller", "asr:<name>" (runtime.asr), or None without text
 
     def to_dict(self) -> dict:
         return {
@@ -23,6 +25,8 @@ class Prediction:
             "scores": self.scores,
             "modalities": list(self.modalities),
             "duration_s": self.duration_s,
+            "transcript": self.transcript,
+            "transcript_source": self.transcript_source,
         }
 
 

@@ -1,6 +1,7 @@
 """Command line: emotion of audio files, optionally with a transcript.
 
     python -m runtime.predict clip.wav other.flac --text "I can't believe it" --json
+    python -m runtime.predict clip.wav --asr pocketsphinx --json    # transcript from a speech recogniser
 
 One line per file (with --json, one JSON object per line). A file that cannot be used
 gets a one-line error on stderr; the others still get their results, and the exit code
@@ -14,6 +15,7 @@ import json
 import sys
 
 from runtime import cli
+from runtime.asr import add_asr_argument
 from runtime.errors import EmotionError
 
 
@@ -22,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                    epilog="example: python -m runtime.predict examples/espeak_angry_words.wav --json")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files (WAV, FLAC, OGG; any sample rate)")
     p.add_argument("--text", default=None, help="transcript used for every file (or alone, with no PATH)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores, transcript, transcript_source")
+    add_asr_argument(p)
     cli.add_model_args(p)
     cli.add_logging_args(p)
     return p
@@ -30,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_line(path: str | None, pred, as_json: bool) -> str:
     if as_json:
-        return json.dumps({"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()}})
+        return json.dumps({"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()},
+                           "transcript": pred.transcript, "transcript_source": pred.transcript_source})
     top = sorted(pred.scores.items(), key=lambda kv: -kv[1])[:3]
     detail = " ".join(f"{k}={v:.3f}" for k, v in top)
-    return f"{path or '<text>'}\t{pred.label}\t{detail}"
+    heard = f"\t[{pred.transcript_source}] {pred.transcript}" if pred.transcript_source not in (None, "caller") else ""
+    return f"{path or '<text>'}\t{pred.label}\t{detail}{heard}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.recognizer import EmotionRecognizer
 
     try:
-        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device)
+        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device, asr=args.asr)
     except (EmotionError, ValueError) as e:
         return cli.fail(str(e))
 

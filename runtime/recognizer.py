@@ -16,13 +16,15 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, to_model_rate
+from runtime.asr import SAMPLE_RATE as ASR_SAMPLE_RATE
+from runtime.asr import Transcriber, TranscriptionError, load_transcriber
+from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, resample, to_model_rate
 from runtime.engines import AUTO, candidates, create_engine
 from runtime.engines.base import Engine
 from runtime.errors import EmotionError, EngineUnavailableError, TextError
@@ -54,6 +56,7 @@ class Item:
 
     audio: np.ndarray | None  # float32 mono at the model's sample rate, or None
     text: str | None  # transcript, or None
+    text_source: str | None = None  # "caller", "asr:<name>", or None when there is no text
 
 
 class EmotionRecognizer:
@@ -65,8 +68,12 @@ class EmotionRecognizer:
     # size"). GPU engines take whole batches of up to ``max_batch``.
     max_call_audio_seconds = 96.0
 
-    def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
+    def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None,
+                 asr: str | Transcriber | None = None):
         max_batch = batch_size(max_batch)
+        # the transcriber that fills in a missing transcript (runtime.asr), and the
+        # transcript_source its texts carry
+        self.asr, self.asr_source = load_transcriber(asr)
         self.spec = spec
         self.engine = engine
         self.max_batch = max_batch
@@ -89,6 +96,7 @@ class EmotionRecognizer:
         verify: bool = True,
         max_batch: int = 32,
         prepare_threads: int | None = None,
+        asr: str | Transcriber | None = None,
         **engine_kwargs,
     ) -> "EmotionRecognizer":
         """Load a model folder on ``engine`` at ``precision`` ('fp32', 'fp16', 'int8').
@@ -102,18 +110,24 @@ class EmotionRecognizer:
             max_batch: clips per engine call (the TensorRT profile's largest batch).
             prepare_threads: threads that decode and resample the clips of one
                 ``predict`` call (default: the usable CPU count).
+            asr: a ``runtime.asr`` name such as 'pocketsphinx', or any object with a
+                ``transcribe(audio)`` method (default None: off); it transcribes the
+                audio of items given without text, and results carry its ``transcript``.
             engine_kwargs: passed to the engine (e.g. ``threads`` for ONNX Runtime).
 
         Raises:
             ModelFolderError: no model folder, missing files, malformed spec or a hash mismatch.
             EngineUnavailableError: the engine, device or precision cannot run here.
-            ValueError: an engine, precision or device name that does not exist, a
+            ValueError: an engine, precision, device or asr name that does not exist, a
                 ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
         """
         spec = load_spec(model_dir, verify=verify)
         max_batch = batch_size(max_batch)  # before an engine is built for it
+        transcriber = load_transcriber(asr)  # before the engine: a missing package fails fast
         if engine != AUTO:
-            return cls(spec, cls._engine(spec, engine, precision, device, max_batch, engine_kwargs), max_batch, prepare_threads)
+            rec = cls(spec, cls._engine(spec, engine, precision, device, max_batch, engine_kwargs), max_batch, prepare_threads)
+            rec.asr, rec.asr_source = transcriber
+            return rec
         notes: list[str] = []
         last: Exception | None = None
         for name, dev, skip in candidates(device):
@@ -128,6 +142,7 @@ class EmotionRecognizer:
                 notes.append(f"{name}/{dev}: failed ({type(e).__name__}: {e})")
                 last = e
                 continue
+            rec.asr, rec.asr_source = transcriber
             rec.engine_notes = tuple(notes)
             for note in notes:
                 logger.info("engine %s", note)
@@ -174,13 +189,38 @@ class EmotionRecognizer:
         the tokenizer drops, such as NUL or zero-width spaces) is no text: the model's
         learned "missing text" input, not an empty sequence it never saw in training."""
         clip = None if staged is None else check_clip(staged[0], self.spec.frontend, staged[1])
+        source = None
         if text is not None:
             label = f"{name} text" if name else "text"
             if not self.encoder.has_words(self.encoder.check(text, label)):
                 if clip is None:
                     raise TextError(f"{label} has no words and there is no audio; give audio, or a transcript with words")
                 text = None
-        return Item(clip, text)
+            else:
+                source = "caller"
+        if text is None and clip is not None and self.asr is not None:
+            text = self._transcribe(clip, name)
+            source = self.asr_source if text is not None else None
+        return Item(clip, text, source)
+
+    def _transcribe(self, clip: np.ndarray, name: str | None) -> str | None:
+        """The transcriber's words for a checked clip, cut to the model's text limit at a
+        word boundary; None when it heard no words."""
+        audio = resample(clip, self.sample_rate, ASR_SAMPLE_RATE)
+        try:
+            text = self.asr.transcribe(audio)
+        except Exception as e:
+            raise TranscriptionError(f"{name or 'audio'}: the {self.asr_source} transcriber failed: {type(e).__name__}: {e}") from e
+        if not isinstance(text, str):
+            raise TranscriptionError(f"{name or 'audio'}: the {self.asr_source} transcriber returned {type(text).__name__}, not str")
+        text = " ".join(text.split())
+        if len(text) > self.encoder.max_chars:
+            text = text[: self.encoder.max_chars + 1].rsplit(" ", 1)[0][: self.encoder.max_chars]
+        try:
+            self.encoder.check(text, f"the {self.asr_source} transcript")
+        except TextError as e:
+            raise TranscriptionError(f"{name or 'audio'}: {e}") from e
+        return text if self.encoder.has_words(text) else None
 
     def build_feed(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
         """Padded engine inputs for ``items``; absent modalities get placeholder inputs
@@ -229,7 +269,7 @@ class EmotionRecognizer:
             durations = [None if it.audio is None else round(it.audio.size / sr, 4) for it in chunk]
             preds = postprocess(logits, self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations)
             for i, p in zip(idx, preds):
-                results[i] = p
+                results[i] = replace(p, transcript=items[i].text, transcript_source=items[i].text_source) if items[i].text else p
         return results  # type: ignore[return-value]
 
     # -------------------------------------------------------------------- API

@@ -20,6 +20,7 @@ from runtime.audio.condition import (
     MAX_PEAK,
     MAX_SAMPLE_RATE,
     SILENCE_PEAK,
+    StreamResampler,
     check_clip,
     check_rate,
     condition_audio,

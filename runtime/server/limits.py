@@ -12,7 +12,9 @@ import json
 import math
 from dataclasses import dataclass
 
+from runtime.asr import TranscriptionError
 from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, EmotionError, TextError
+from runtime.server.smoothing import DEFAULT_HALF_LIFE_S, check_half_life
 from runtime.text import unicode_problem
 
 
@@ -33,6 +35,7 @@ class ServeConfig:
     api_key: str | None = None  # when set, every endpoint but /healthz needs "Authorization: Bearer <key>"
     decode_threads: int = 2  # threads that decode and resample request audio
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
+    smoothing_half_life_s: float = DEFAULT_HALF_LIFE_S  # /v1/stream score smoothing (runtime.server.smoothing); 0: off
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -62,6 +65,7 @@ def validate_config(cfg: ServeConfig) -> None:
         raise ValueError(f"decode_threads must be >= 1, got {cfg.decode_threads}")
     if cfg.api_key is not None and len(cfg.api_key) < 8:
         raise ValueError("api_key must be at least 8 characters")
+    check_half_life(cfg.smoothing_half_life_s)
 
 
 def is_loopback(host: str) -> bool:
@@ -147,4 +151,6 @@ def from_emotion_error(e: EmotionError) -> ApiError:
         return ApiError(422, "invalid_audio", str(e))
     if isinstance(e, TextError):
         return ApiError(422, "invalid_text", str(e))
+    if isinstance(e, TranscriptionError):  # the server's recogniser failed, not the input
+        return ApiError(500, "transcription_failed", str(e))
     return ApiError(400, "bad_request", str(e))

@@ -26,6 +26,8 @@ VAD_SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
 SAMPLE_RATE = 16000  # the only rate this model variant accepts
 WINDOW = 512  # samples scored per call (32 ms)
 CONTEXT = 64  # samples of the previous window prepended to each call
+MAX_SILENCE_MS = 10_000  # a longer pause is no longer "inside one utterance"
+MAX_PAD_MS = 1_000  # more padding only adds silence to every utterance
 
 
 def vad_model_path() -> Path | None:
@@ -54,6 +56,9 @@ class VadConfig:
             raise ValueError(f"neg_threshold must be in (0, threshold], got {self.neg_threshold}")
         if self.min_speech_ms < 0 or self.min_silence_ms < 0 or self.pad_ms < 0:
             raise ValueError("min_speech_ms, min_silence_ms and pad_ms must be >= 0")
+        if self.min_silence_ms > MAX_SILENCE_MS or self.pad_ms > MAX_PAD_MS:
+            raise ValueError(f"min_silence_ms must be <= {MAX_SILENCE_MS} and pad_ms <= {MAX_PAD_MS}, "
+                             f"got {self.min_silence_ms} and {self.pad_ms}")
         if self.max_speech_s * 1000 <= self.min_speech_ms:
             raise ValueError("max_speech_s must be longer than min_speech_ms")
 
