@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from benchmarks.loadgen import Stats, free_port, machine, markdown, percentiles, speechlike, wav_bytes
+from runtime import cli
 from runtime.spec import package_versions
 
 MODEL = "emotech"
@@ -148,8 +149,7 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.triton_loadgen", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("python -m benchmarks.triton_loadgen", __doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running Triton on loopback, e.g. http://127.0.0.1:8000")
     where.add_argument("--spawn", action="store_true", help="write a repository and serve it on a free loopback port")
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=16, help="distinct synthetic clips to cycle through")
     p.add_argument("--text", default=None, help="transcript sent with every clip")
     p.add_argument("--timeout", type=float, default=60.0, help="client-side timeout per request, seconds")
-    p.add_argument("--out", type=Path, default=None, help="write the JSON report here and a .md beside it")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON report here and a .md beside it (default: print only)")
     p.add_argument("--no-save", action="store_true", help="print the report only")
     p.add_argument("repo_args", nargs=argparse.REMAINDER, help="after --: arguments for python -m export.triton --out (with --spawn)")
     return p

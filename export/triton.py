@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import cli
 from runtime.engines.base import FUSED_INPUTS, OUTPUT, PRECISIONS
 from runtime.errors import EmotionError
 from runtime.spec import SPEC_FILE, ModelSpec, load_spec
@@ -247,37 +248,36 @@ def build_plan(spec: ModelSpec, graph: Path, o: RepoOptions) -> bytes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("python -m export.triton", __doc__.split("\n\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--out", type=Path, help="write the model repository here")
+    what.add_argument("--out", type=Path, metavar="REPO", help="write the model repository here")
     what.add_argument("--serve", type=Path, metavar="REPO", help="start tritonserver on this model repository")
+    cli.add_model_args(p, engine=False, device=False)
     gen = p.add_argument_group("repository (with --out)")
-    gen.add_argument("--model-dir", default=None, help="model folder; none: the bundled weights")
-    gen.add_argument("--backend", default="python", choices=BACKENDS, help="where the fused graph runs (onnxruntime, tensorrt: GPU)")
-    gen.add_argument("--precision", default="fp32", choices=PRECISIONS, help="ONNX variant of the fused graph")
+    gen.add_argument("--backend", default="python", choices=BACKENDS,
+                     help="where emotech_fused runs: python (ONNX Runtime in Triton's Python backend, CPU), onnxruntime or tensorrt (GPU)")
     gen.add_argument("--instances", type=int, default=1, help="instances of each model")
-    gen.add_argument("--max-batch", type=int, default=32, help="items per batch")
-    gen.add_argument("--max-delay-ms", type=float, default=5.0, help="how long a batch waits to fill (Triton's queue delay)")
+    gen.add_argument("--max-batch", type=int, default=32, help="items per batch (max_batch_size)")
+    gen.add_argument("--max-delay-ms", type=float, default=5.0, help="how long a batch waits to fill (the dynamic batcher's queue delay)")
     gen.add_argument("--max-queue", type=int, default=256, help="queued requests before Triton refuses new ones")
-    gen.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per fused instance (python backend); 0: one per core")
+    gen.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per emotech_fused instance (python backend); 0: one per core")
     gen.add_argument("--skip-plan", action="store_true", help="tensorrt: write the configs without building model.plan")
-    gen.add_argument("--force", action="store_true", help="replace the models already in --out")
+    gen.add_argument("--force", action="store_true", help="replace the models already in REPO")
     srv = p.add_argument_group("server (with --serve)")
-    srv.add_argument("--host", default="127.0.0.1", help="address of the HTTP and gRPC endpoints")
+    srv.add_argument("--host", default="127.0.0.1", help="address of the HTTP, gRPC and metrics endpoints")
     srv.add_argument("--http-port", type=int, default=8000)
-    srv.add_argument("--grpc-port", type=int, default=None, help="none: gRPC off")
-    srv.add_argument("--metrics-port", type=int, default=None, help="none: Prometheus metrics off")
+    srv.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: gRPC off)")
+    srv.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (default: metrics off)")
     srv.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host (Triton has no authentication)")
-    srv.add_argument("--exit-timeout-s", type=int, default=30, help="on SIGTERM, how long in-flight requests may take")
+    srv.add_argument("--exit-timeout-s", type=int, default=30, help="on SIGTERM, how long in-flight requests and open connections may take")
     srv.add_argument("--log-verbose", type=int, default=0, help="tritonserver's --log-verbose level")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    cli.add_logging_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cli.configure_logging(args, default=logging.INFO)
     if args.serve is not None:
         from export.triton_serve import ServeOptions, TritonUnavailableError, serve
 
@@ -286,16 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                                    exit_timeout_s=args.exit_timeout_s, log_verbose=args.log_verbose, insecure_no_auth=args.insecure_no_auth)
             return serve(args.serve, options)
         except (TritonUnavailableError, ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return cli.fail(str(e))
     try:
         options = RepoOptions(backend=args.backend, precision=args.precision, instances=args.instances, max_batch=args.max_batch,
                               max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, threads=args.threads,
                               build_plan=not args.skip_plan)
         out = write_repository(args.model_dir, args.out, options, force=args.force)
     except (EmotionError, ValueError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(str(e))
     print(f"wrote {out} ({', '.join(f'{k}={v}' for k, v in dataclasses.asdict(options).items())})")
     return 0
 

@@ -125,7 +125,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def api() -> EmotionRecognizer:
-    rec = EmotionRecognizer.load(BUNDLED)
+    rec = EmotionRecognizer.load(BUNDLED, engine="ort", device="cpu")
     yield rec
     rec.close()
 
