@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.spawn:
         tmp = tempfile.TemporaryDirectory(prefix="emotech-triton-bench-")
         repo = Path(tmp.name) / "repo"
-        subprocess.run([sys.executable, "-m", "export.triton", "--out", str(repo), "--log-level", "WARNING", *repo_args], check=True)
+        subprocess.run([sys.executable, "-m", "export.triton", "--out", str(repo), "-q", *repo_args], check=True)
         port = free_port()
         log_file = tempfile.TemporaryFile(mode="w+")
         proc = subprocess.Popen([sys.executable, "-m", "export.triton", "--serve", str(repo), "--http-port", str(port)],

@@ -506,15 +506,17 @@ def test_generation_refuses_to_overwrite_and_checks_options(tmp_path, capsys):
 
 @needs_triton
 @needs_bundled
-def test_triton_loadgen_smoke(server):
-    """``benchmarks.triton_loadgen`` against the running server: answers, batch counts, a report."""
+def test_triton_loadgen_smoke():
+    """``benchmarks.triton_loadgen --spawn``: writes a repository, serves it, answers, counts
+    the batches Triton formed, stops the server cleanly."""
     from benchmarks import triton_loadgen
 
     args = triton_loadgen.build_parser().parse_args(
-        ["--url", f"http://{server.url}", "--clients", "4", "--duration", "1.5", "--warmup", "0", "--clips", "2",
-         "--clip-seconds", "1.5", "--text", "hello there"])
+        ["--spawn", "--clients", "4", "--duration", "1.5", "--warmup", "0", "--clips", "2", "--clip-seconds", "1.5",
+         "--text", "hello there", "--", "--max-delay-ms", "10"])
     report = triton_loadgen.run(args)
     assert report["requests_ok"] > 0 and report["errors"] == {}
     executions = report["batch_size_histogram"]
     assert sum(int(k) * v for k, v in executions.items()) == report["requests_ok"]
-    assert report["server"]["server"]["max_batch"] == 32
+    assert report["server"]["server"] == {"max_batch": 32, "max_delay_ms": 10.0}
+    assert report["server_exit_code"] == 0
