@@ -520,3 +520,18 @@ def test_triton_loadgen_smoke():
     assert sum(int(k) * v for k, v in executions.items()) == report["requests_ok"]
     assert report["server"]["server"] == {"max_batch": 32, "max_delay_ms": 10.0}
     assert report["server_exit_code"] == 0
+
+
+@needs_bundled
+def test_padding_to_a_plan_minimum_keeps_the_scores(api):
+    """``emotech`` pads short batches up to a TensorRT plan's profile minimums
+    (``pad_to_minimum``); the model is length-aware, so the logits do not move."""
+    from runtime.triton_backend import pad_to_minimum
+
+    items = [api.prepare(speechlike(0.3, seed=11), "hi", SR), api.prepare(None, "what a day", None)]
+    feed = api.build_feed(items)
+    padded = pad_to_minimum(feed, min_samples=feed["audio"].shape[1] + 4000, min_tokens=feed["tokens"].shape[1] + 9)
+    assert padded["audio"].shape[1] == feed["audio"].shape[1] + 4000 and padded["tokens"].shape[1] == feed["tokens"].shape[1] + 9
+    assert not padded["audio"][:, feed["audio"].shape[1]:].any() and not padded["tokens"][:, feed["tokens"].shape[1]:].any()
+    np.testing.assert_allclose(api.engine.infer(padded), api.engine.infer(feed), atol=1e-5, rtol=0)
+    assert pad_to_minimum(feed, 1, 1)["audio"] is feed["audio"]  # already long enough: untouched
