@@ -535,3 +535,19 @@ def test_padding_to_a_plan_minimum_keeps_the_scores(api):
     assert not padded["audio"][:, feed["audio"].shape[1]:].any() and not padded["tokens"][:, feed["tokens"].shape[1]:].any()
     np.testing.assert_allclose(api.engine.infer(padded), api.engine.infer(feed), atol=1e-5, rtol=0)
     assert pad_to_minimum(feed, 1, 1)["audio"] is feed["audio"]  # already long enough: untouched
+
+
+@needs_triton
+@needs_bundled
+def test_example_client(server, api):
+    """examples/triton_client.py, as its docstring runs it."""
+    r = subprocess.run([sys.executable, "examples/triton_client.py", str(ESPEAK), "--text", ESPEAK_TEXT, "--url", server.url],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    p = api.predict(audio=str(ESPEAK), text=ESPEAK_TEXT)
+    assert lines[0] == p.label
+    printed = {line.split()[0]: float(line.split()[1]) for line in lines[1:]}
+    assert printed.keys() == set(api.labels)
+    for name, score in printed.items():
+        assert abs(score - p.scores[name]) < 1e-4
