@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -388,8 +389,10 @@ def test_the_server_dies_with_a_killed_launcher(repo, tmp_path):
     srv = Server(repo, tmp_path / "server.log")
     srv.wait_ready()
     children = _children(srv.proc.pid)
+    backends = Path(re.search(r"--backend-directory=(\S+)", srv.log.read_text()).group(1))
     srv.stop(signal.SIGKILL)
     assert children and all(_gone(pid) for pid in children), "tritonserver outlived its launcher"
+    shutil.rmtree(backends.parent)  # a killed launcher cannot remove its temporary folder
 
 
 @needs_triton
@@ -420,6 +423,14 @@ def test_serve_options_are_checked():
         ServeOptions(http_port=8000, grpc_port=8000)
     with pytest.raises(ValueError, match="ports"):
         ServeOptions(http_port=70000)
+    with pytest.raises(ValueError, match="exit_timeout_s"):
+        ServeOptions(exit_timeout_s=-1)
+
+
+@needs_triton
+def test_a_python_without_a_stub_is_named():
+    with pytest.raises(TritonUnavailableError, match=r"no Python-backend stub for Python 2\.7 \(it has .*3\.11"):
+        find_triton("2.7")
 
 
 def test_serve_cli_refuses_a_missing_repository(tmp_path, capsys):
