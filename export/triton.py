@@ -126,7 +126,7 @@ def emotech_config(spec: ModelSpec, o: RepoOptions) -> str:
         '  { name: "label" data_type: TYPE_STRING dims: [ 1 ] }',
         "]",
         "dynamic_batching {",
-        f"  max_queue_delay_microseconds: {int(round(o.max_delay_ms * 1000))}",
+        f"  max_queue_delay_microseconds: {round(o.max_delay_ms * 1000)}",
         f"  default_queue_policy {{ max_queue_size: {o.max_queue} }}",
         "}",
         f"instance_group [ {{ kind: KIND_CPU count: {o.instances} }} ]",

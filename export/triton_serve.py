@@ -185,7 +185,7 @@ def serve(repo: str | Path, options: ServeOptions | None = None) -> int:
         cmd = server_command(install, repo, backends, o)
         logger.info("starting %s", " ".join(cmd))
         # its own session: a terminal's Ctrl-C reaches it once, through the handler below
-        proc = subprocess.Popen(cmd, env=server_env(install), start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, env=server_env(install), start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
 
         def forward(signum: int, _frame: object) -> None:
             logger.info("signal %d: stopping tritonserver (in-flight requests get up to %d s)", signum, o.exit_timeout_s)

@@ -117,7 +117,7 @@ class EmotechModel:
         self.recognizer = EmotionRecognizer(spec, engine, max_batch=int(config.get("max_batch_size") or 1), prepare_threads=1)
         fe = spec.frontend
         max_seconds = min(float(params.get("max_audio_seconds", fe.max_audio_seconds)), fe.max_audio_seconds)
-        self.max_samples = int(math.floor(max_seconds * fe.sample_rate))
+        self.max_samples = math.floor(max_seconds * fe.sample_rate)
         self.max_seconds = max_seconds
         self.max_text_chars = min(int(params.get("max_text_chars", spec.max_text_chars)), spec.max_text_chars)
 
@@ -130,7 +130,8 @@ class EmotechModel:
         texts = None if text_t is None else [decode_text(t) for t in text_t.as_numpy().reshape(-1)]
         if audio is None and texts is None:
             raise EmotionError("give the input 'audio' (FP32 [1, samples], mono 16 kHz), 'text' (BYTES [1, 1]) or both")
-        rows = audio.shape[0] if audio is not None else len(texts)  # type: ignore[arg-type]  (Triton checks both agree)
+        # Triton has checked that audio and text agree on the batch dimension
+        rows = audio.shape[0] if audio is not None else len(texts)  # type: ignore[arg-type]
         if audio is not None and audio.shape[1] > self.max_samples:
             sr = self.recognizer.sample_rate
             raise AudioError(f"audio is {audio.shape[1] / sr:.6g} s long ({audio.shape[1]} samples at {sr} Hz); the maximum is "

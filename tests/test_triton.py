@@ -19,13 +19,13 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from export.triton import RepoOptions, main as triton_main, write_repository
+from export.triton import RepoOptions, write_repository
+from export.triton import main as triton_main
 from export.triton_serve import ServeOptions, TritonUnavailableError, find_triton, server_command, server_env
 from runtime.audio import read_audio, to_model_rate
 from runtime.recognizer import EmotionRecognizer
@@ -33,7 +33,7 @@ from runtime.spec import load_spec
 from tests.helpers import BUNDLED, DATA_ROOT, speechlike
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install 'emotech[triton]'")
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 try:
     TRITON = find_triton()
@@ -270,7 +270,7 @@ def _bad_cases() -> dict:
         "empty text alone": (lambda: request_inputs(None, [""]), "no words"),
         "text not utf-8": (lambda: request_inputs(None, [b"\xff\xfe caf\xe9"]), "UTF-8"),
         "rows differ": (lambda: request_inputs(np.stack([speechlike(1.0, seed=1)] * 2), ["one text"]), "batch size does not match"),
-        "no input": (lambda: [], "input"),
+        "no input": (list, "input"),
     }
 
 
