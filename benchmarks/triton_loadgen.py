@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks.loadgen import Stats, free_port, machine, markdown, percentiles, speechlike, wav_bytes
+from benchmarks.loadgen import Stats, cpu_report, free_port, machine, markdown, percentiles, speechlike, tree_cpu_seconds, tree_rss_mb, wav_bytes
 from runtime import cli
 from runtime.spec import package_versions
 
@@ -121,17 +121,6 @@ def histogram(before: dict[int, int], after: dict[int, int]) -> dict[str, int]:
     return {str(k): after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}
 
 
-def tree_rss_mb(pid: int) -> float | None:
-    """Resident memory of ``pid`` and its descendants, MB (None without psutil)."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]
-    return round(sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20, 1)
-
-
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -195,8 +184,10 @@ def run(args: argparse.Namespace) -> dict:
             asyncio.run(phase(url, args.clients, args.warmup, 1_000_000, payloads, args.timeout))
         rss_warm = tree_rss_mb(proc.pid) if proc else None
         before = {m: batch_counts(url, m) for m in (MODEL, FUSED)}
+        cpu_before = tree_cpu_seconds(proc.pid) if proc else None
         stats, elapsed = asyncio.run(phase(url, args.clients, args.duration, args.max_requests, payloads, args.timeout))
         after = {m: batch_counts(url, m) for m in (MODEL, FUSED)}
+        cpu_after = tree_cpu_seconds(proc.pid) if proc else None
         rss_after = tree_rss_mb(proc.pid) if proc else None
         config = get_json(f"{url}/v2/models/{MODEL}/config")
         fused_config = get_json(f"{url}/v2/models/{FUSED}/config")
@@ -240,6 +231,7 @@ def run(args: argparse.Namespace) -> dict:
         "rss_mb": {"after_warmup": rss_warm or 0.0, "after_run": rss_after or 0.0,
                    "change_pct": round(100 * (rss_after - rss_warm) / rss_warm, 2) if rss_warm and rss_after else None,
                    "what": "tritonserver + Python-backend stubs"},
+        **cpu_report(cpu_before, cpu_after, ok),
         "server_exit_code": proc.returncode if proc is not None else None,
     }
 

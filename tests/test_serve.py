@@ -759,6 +759,19 @@ def test_loadgen_reports_throughput_latency_and_memory(recognizer, tmp_path):
     assert "| 4 | 1.0 s |" in out.with_suffix(".md").read_text()
 
 
+def test_loadgen_spawn_reports_the_server_cpu_time(tmp_path):
+    """--spawn: the server's own process is measured too (CPU time per request, for shared machines)."""
+    pytest.importorskip("psutil")
+    out = tmp_path / "serve.json"
+    code = loadgen.main(["--spawn", "--clients", "2", "--duration", "1.5", "--warmup", "0", "--clip-seconds", "1.0", "--clips", "2",
+                         "--out", str(out), "--", "--engine", "ort", "--device", "cpu", "--no-stream"])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["server_exit_code"] == 0
+    assert report["server_cpu_s"] > 0
+    assert report["cpu_ms_per_request"] == pytest.approx(1000 * report["server_cpu_s"] / report["requests_ok"], rel=1e-2)
+    assert "ms per request" in out.with_suffix(".md").read_text()
+
+
 def test_loadgen_stops_at_max_requests(recognizer):
     with BackgroundServer(create_app(recognizer, ServeConfig(), warm_up=False)) as srv:
         args = loadgen.build_parser().parse_args(["--url", srv.url, "--clients", "2", "--duration", "30", "--warmup", "0",

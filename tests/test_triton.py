@@ -531,6 +531,7 @@ def test_triton_loadgen_smoke():
     assert sum(int(k) * v for k, v in executions.items()) == report["requests_ok"]
     assert report["server"]["server"] == {"max_batch": 32, "max_delay_ms": 10.0}
     assert report["server_exit_code"] == 0
+    assert report["cpu_ms_per_request"] > 0 and report["rss_mb"]["after_run"] > 100  # tritonserver + two Python stubs
 
 
 @needs_bundled
