@@ -340,10 +340,15 @@ def test_grpc_and_metrics_endpoints(server, api):
     c = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
     t = grpcclient.InferInput("text", [1, 1], "BYTES")
     t.set_data_from_numpy(np.array([[b"what a lovely surprise"]], dtype=np.object_))
+    long_text = grpcclient.InferInput("text", [1, 1], "BYTES")
+    long_text.set_data_from_numpy(np.array([[b"a" * 2001]], dtype=np.object_))
     try:
         scores = c.infer("emotech", [t]).as_numpy("scores")
+        with pytest.raises(InferenceServerException) as err:
+            c.infer("emotech", [long_text])
     finally:
         c.close()
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "maximum is 2000" in str(err.value)
     np.testing.assert_allclose(scores[0], expected(api, None, "what a lovely surprise")[0], atol=TOL, rtol=0)
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         assert 'nv_inference_request_success{model="emotech",version="1"}' in r.read().decode()
