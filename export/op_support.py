@@ -28,19 +28,21 @@ derived) and checks every node and the attributes the parser rejects:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-TABLE_FILE = Path(__file__).with_name("trt_ops_10_3.json")
+from runtime import cli
+
+TABLE_FILE = Path(str(resources.files(__package__).joinpath("trt_ops_10_3.json")))  # package data
 INTEGER_OP_FORMATS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
 REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")
 # opset from which a node takes ``axes`` as an input instead of an attribute
@@ -277,8 +279,8 @@ def _check_weight_axes(node: onnx.NodeProto, g: _Graph, dq_of: dict[str, onnx.No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("graphs", nargs="+", type=Path, help="ONNX files")
+    parser = cli.parser("python -m export.op_support", __doc__)
+    parser.add_argument("graphs", nargs="+", type=Path, metavar="GRAPH", help="ONNX files")
     args = parser.parse_args(argv)
     table = load_table()
     failed = 0

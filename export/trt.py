@@ -25,7 +25,7 @@ import logging
 import time
 from pathlib import Path
 
-from runtime import trt_cache
+from runtime import cli, trt_cache
 from runtime.errors import EmotionError
 from runtime.spec import load_spec
 from runtime.trt_cache import Profile
@@ -43,34 +43,24 @@ def profile_from_args(spec, batch: str | None, audio_seconds: str | None, tokens
     )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each option's help (not the empty ones); the description keeps its line breaks."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__, formatter_class=_HelpFormatter)
-    p.add_argument("--model-dir", type=Path, default=None, help="model folder; none given means the bundled weights")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="which ONNX variant to build")
+    p = cli.parser("python -m export.trt", __doc__)
+    cli.add_model_args(p, engine=False, device=False)
     p.add_argument("--max-batch", type=int, default=32, help="largest batch per engine call: the profile's batch range is 1..N, opt min(8, N), as the runtime's max_batch asks")
     p.add_argument("--batch", default=None, help="min,opt,max items per call instead of --max-batch's range")
     p.add_argument("--audio-seconds", default=None, help="min,opt,max padded audio seconds; none means the front-end's limits with opt 4")
     p.add_argument("--tokens", default=None, help="min,opt,max padded tokens; none means 1,32,max_tokens")
     p.add_argument("--cache-dir", type=Path, default=None, help=f"engine + timing cache folder; none means {trt_cache.default_cache_dir()}")
-    p.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    p.add_argument("--device", type=cli.device_arg, default="cuda", help="cuda or cuda:N")
     p.add_argument("--workspace-gb", type=float, default=None, help="builder workspace limit in GiB (part of the cache key); none means TensorRT's default")
     p.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
-    p.add_argument("--quiet", action="store_true", help="no build progress")
+    cli.add_logging_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    cli.configure_logging(args, default=logging.INFO)
     try:
         from runtime.engines.trt import build_or_load, device_index
 
