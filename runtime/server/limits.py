@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass
 
-from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, EmotionError, TextError
+from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, AudioTooLongError, EmotionError, TextError
 from runtime.text import unicode_problem
 
 
@@ -33,6 +34,15 @@ class ServeConfig:
     api_key: str | None = None  # when set, every endpoint but /healthz needs "Authorization: Bearer <key>"
     decode_threads: int = 2  # threads that decode and resample request audio
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
+    max_connections: int = 256  # open connections; at the cap the longest-waiting idle one is closed (else 503)
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (from connect or its first byte)
+    keepalive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_streams: int = 16  # open /v1/stream connections; beyond: 503
+    stream_idle_s: float = 60.0  # a stream that sends no frame for this long is closed
+    max_frame_bytes: int = 256 * 1024  # one /v1/stream frame (8.2 s of 16-kHz PCM16); larger: closed with 1009
+    max_stream_pending: int = 4  # utterances of one stream waiting for results; the stream is not read beyond it
+    allow_origins: tuple[str, ...] = ()  # browser origins allowed besides the server's own ("*": any)
+    allow_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones when bound to loopback ("*": any)
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -60,8 +70,37 @@ def validate_config(cfg: ServeConfig) -> None:
         raise ValueError(f"port must be in [0, 65535], got {cfg.port}")
     if cfg.decode_threads < 1:
         raise ValueError(f"decode_threads must be >= 1, got {cfg.decode_threads}")
-    if cfg.api_key is not None and len(cfg.api_key) < 8:
-        raise ValueError("api_key must be at least 8 characters")
+    if cfg.api_key is not None:
+        check_api_key(cfg.api_key)
+    if not 1 <= cfg.max_connections <= 65536:
+        raise ValueError(f"max_connections must be in [1, 65536], got {cfg.max_connections}")
+    for name in ("header_timeout_s", "keepalive_s", "stream_idle_s"):
+        if not 0 < getattr(cfg, name) <= 3600:
+            raise ValueError(f"{name} must be in (0, 3600] seconds, got {getattr(cfg, name)}")
+    if not 1 <= cfg.max_streams <= cfg.max_connections:
+        raise ValueError(f"max_streams must be in [1, max_connections={cfg.max_connections}], got {cfg.max_streams}")
+    if not 1024 <= cfg.max_frame_bytes <= cfg.max_body_bytes:
+        raise ValueError(f"max_frame_bytes must be in [1024, max_body_bytes={cfg.max_body_bytes}], got {cfg.max_frame_bytes}")
+    if not 1 <= cfg.max_stream_pending <= 64:
+        raise ValueError(f"max_stream_pending must be in [1, 64], got {cfg.max_stream_pending}")
+    for origin in cfg.allow_origins:
+        if origin not in ("*", "null") and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+            raise ValueError(f"allow_origins: {origin!r} is not an origin: give scheme://host[:port] (no path), 'null' or '*'")
+    for host in cfg.allow_hosts:
+        if not re.fullmatch(r"\*|[A-Za-z0-9.\-\[\]:]+", host):
+            raise ValueError(f"allow_hosts: {host!r} is not a host name")
+
+
+def check_api_key(key: str) -> None:
+    """Raise ``ValueError`` unless ``key`` is 8 to 4096 printable ASCII characters without
+    spaces: what a client can send in ``Authorization: Bearer <key>`` (a key read from
+    undecodable command-line bytes holds lone surrogates, which no request can match)."""
+    if not 8 <= len(key) <= 4096:
+        raise ValueError(f"api_key must be 8 to 4096 characters long, got {len(key)}")
+    bad = next((c for c in key if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ValueError(f"api_key must be printable ASCII without spaces (what an HTTP header carries); "
+                         f"it holds {ascii(bad)} at position {key.index(bad)}")
 
 
 def is_loopback(host: str) -> bool:
@@ -96,13 +135,30 @@ def body_too_large(max_bytes: int, size: int | None = None) -> ApiError:
     return ApiError(413, "body_too_large", f"request body is {got}; the limit is {max_bytes} bytes", "max_body_bytes", max_bytes)
 
 
-def parse_json(data: bytes | str) -> object:
+def parse_json(data: bytes | str, max_values: int | None = None) -> object:
     """``json.loads``, raising ``ApiError`` 400 for anything it cannot take: bad syntax or
-    UTF-8, an integer of over 4300 digits, nesting deep enough to exhaust the stack."""
+    UTF-8, an integer of over 4300 digits, nesting deep enough to exhaust the stack, or
+    (with ``max_values``) more arrays, objects and commas than that. The count comes
+    first, at C speed (~1 ms per MB): a body of millions of tiny values would otherwise
+    hold the event loop for seconds while ``json.loads`` builds them."""
+    if max_values is not None:
+        if isinstance(data, (bytes, bytearray)):
+            n = len(data) - len(data.translate(None, b",[{"))
+        else:
+            n = data.count(",") + data.count("[") + data.count("{")
+        if n > max_values:
+            raise ApiError(400, "invalid_json", f"the JSON holds {n} arrays, objects and commas; at most {max_values} are "
+                           "accepted (a body is one object: {\"audio_b64\": ..., \"text\": ...})")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {str(e)[:200]}") from e
+
+
+def json_values_limit(max_text_chars: int) -> int:
+    """Arrays, objects and commas a request's JSON may hold: a few for the object itself,
+    and two per transcript character (a transcript may be all commas and brackets)."""
+    return 2 * max_text_chars + 64
 
 
 def check_text(text: object, max_chars: int) -> str | None:
@@ -120,25 +176,12 @@ def check_text(text: object, max_chars: int) -> str | None:
     return text
 
 
-def check_audio_duration(data: bytes, max_seconds: float) -> None:
-    """Reject encoded audio longer than ``max_seconds`` from its header alone, before
-    decoding it. Audio whose header cannot be read, or gives no length, is left to the
-    decoder (which also refuses audio that would decode to too many samples: 413 below)."""
-    from runtime.audio import probe
-
-    header = probe(data)
-    if header is None or header[0] is None or header[1] <= 0:
-        return
-    frames, rate, _ = header
-    if frames / rate > max_seconds:
-        raise ApiError(413, "audio_too_long", f"audio is {frames / rate:.6g} s long; the maximum is {max_seconds:g} s "
-                       "(split long recordings, e.g. with /v1/stream)", "max_audio_seconds", max_seconds)
-
-
 def from_emotion_error(e: EmotionError) -> ApiError:
     """The HTTP answer to an error raised while preparing an item."""
     if isinstance(e, AudioDecodeError):
         return ApiError(415, "undecodable_audio", str(e))
+    if isinstance(e, AudioTooLongError):
+        return ApiError(413, "audio_too_long", str(e), "max_audio_seconds", e.max_seconds)
     if isinstance(e, AudioTooLargeError):
         from runtime.audio import decoder
 

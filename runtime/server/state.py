@@ -18,6 +18,7 @@ from runtime.errors import EmotionError
 from runtime.recognizer import EmotionRecognizer, Item
 from runtime.server import limits
 from runtime.server.batcher import Batcher, BatcherClosedError, BatchResult, QueueFullError
+from runtime.server.connections import ConnectionGuard
 from runtime.server.limits import ApiError, ServeConfig
 from runtime.server.metrics import Metrics
 from runtime.server.vad import SileroVad, VadConfig
@@ -37,11 +38,23 @@ class ServerState:
         self.max_audio_seconds = min(config.max_audio_seconds or spec.frontend.max_audio_seconds, spec.frontend.max_audio_seconds)
         self.max_text_chars = min(config.max_text_chars or spec.max_text_chars, spec.max_text_chars)
         self.in_flight = 0
-        self.metrics = Metrics(queue_depth=lambda: self.batcher.depth, in_flight=lambda: self.in_flight)
+        self.closing = False  # set when the server begins to shut down
+        self.metrics = Metrics(queue_depth=lambda: self.batcher.depth, in_flight=lambda: self.in_flight,
+                               open_connections=lambda: self.connections.open)
+        self.connections = ConnectionGuard(config.max_connections, config.header_timeout_s, config.keepalive_s,
+                                           on_close=lambda reason: self.metrics.connections_closed.inc(reason))
         self.batcher = Batcher(recognizer, config.max_batch, config.max_delay_ms, config.max_queue, self.metrics)
         self.pool = concurrent.futures.ThreadPoolExecutor(config.decode_threads, thread_name_prefix="emotech-decode")
         self.ready = False  # set after warm-up, cleared when draining
         self.streams: set = set()  # open StreamSession objects
+        self.stream_slots = 0  # /v1/stream handshakes and open streams (at most config.max_streams)
+
+    async def stop_accepting(self) -> None:
+        """The first step of a shutdown: ``/readyz`` turns 503, new streams are refused, and
+        open streams are flushed (their last utterance answered) and closed."""
+        self.ready = False
+        self.closing = True
+        await asyncio.gather(*(s.finish(1001) for s in list(self.streams)), return_exceptions=True)
 
     async def prepare(self, audio: bytes | np.ndarray | None, text: str | None, sample_rate: int | None = None,
                       deadline: float | None = None) -> tuple[Item, float]:
@@ -65,10 +78,9 @@ class ServerState:
         return item, decode_s
 
     def _prepare_audio(self, audio: bytes | np.ndarray, text: str | None, sample_rate: int | None) -> Item:
-        """The decode pool's job: the header checks of encoded audio, then ``prepare``."""
-        if isinstance(audio, (bytes, bytearray)):
-            limits.check_audio_duration(bytes(audio), self.max_audio_seconds)
-        return self.recognizer.prepare(audio, text, sample_rate)
+        """The decode pool's job: decode encoded audio (its header read once: a clip over
+        ``max_audio_seconds`` is refused undecoded), then ``prepare`` the mono clip."""
+        return self.recognizer.prepare(audio, text, sample_rate, max_seconds=self.max_audio_seconds)
 
     async def infer(self, item: Item, deadline: float) -> BatchResult:
         """Queue ``item`` for the next batch and wait for its result until ``deadline``

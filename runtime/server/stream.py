@@ -13,6 +13,14 @@ Protocol (all JSON messages are text frames):
 * after ``end`` (or when the server shuts down): the last utterance is closed, every
   pending result is sent, then ``{"type": "done", "segments": N}`` and the socket closes.
 
+Limits (``ServeConfig``): at most ``max_streams`` open streams (then 503 before the
+upgrade); frames of at most ``max_frame_bytes`` (a larger one closes the socket with
+1009); text frames of at most ``text_frame_limit`` characters; at most
+``max_stream_pending`` utterances of one stream in recognition at a time (the server
+reads no further frames until one is answered, so a fast sender is slowed, not
+queued); a stream that sends nothing for ``stream_idle_s`` gets an ``idle_timeout``
+error and is closed with 1008.
+
 Utterances are found by Silero VAD (``runtime.server.vad``); their recognition goes
 through the same batcher as ``/v1/recognize``.
 """
@@ -33,6 +41,13 @@ from runtime.server.vad import SAMPLE_RATE, WINDOW, Segment, Segmenter, pcm16_to
 
 logger = logging.getLogger(__name__)
 ENDPOINT = "/v1/stream"
+IDLE_CLOSE_CODE = 1008  # policy violation: the stream sent nothing for stream_idle_s
+
+
+def text_frame_limit(max_text_chars: int) -> int:
+    """Characters a text frame may have: a transcript of ``max_text_chars`` characters,
+    each JSON-escaped to at most 6 (``\\uXXXX``), and the message around it."""
+    return 6 * max_text_chars + 256
 
 
 class StreamSession:
@@ -45,6 +60,8 @@ class StreamSession:
         self.text: list[str] = []  # transcript for the utterance in progress
         self.tasks: set[asyncio.Task] = set()
         self.count = 0
+        # utterances of this stream in recognition at once (queued for the batcher or in it)
+        self._recognizing = asyncio.Semaphore(state.config.max_stream_pending)
         self._send_lock = asyncio.Lock()
         self._vad_lock = asyncio.Lock()  # feed() and flush() may come from two tasks (run, shutdown)
         self._finished = asyncio.Event()
@@ -59,10 +76,21 @@ class StreamSession:
                     pass  # the client went away; its results have nowhere to go
 
     async def run(self) -> None:
+        cfg = self.state.config
         await self.send({"type": "ready", "sample_rate": SAMPLE_RATE, "window": WINDOW})
-        max_samples = int(self.state.config.max_stream_seconds * SAMPLE_RATE)
+        max_samples = int(cfg.max_stream_seconds * SAMPLE_RATE)
         while not self._finishing:
-            msg = await self.ws.receive()
+            # no frame is read while max_stream_pending utterances wait for results
+            while len(self.tasks) >= cfg.max_stream_pending:
+                await asyncio.wait(list(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                msg = await self.ws.receive(timeout=cfg.stream_idle_s)
+            except asyncio.TimeoutError:
+                await self.send({"type": "error", "error": {"code": "idle_timeout", "message": (
+                    f"no frame for {cfg.stream_idle_s:g} s; the stream is closed"), "limit": "stream_idle_s",
+                    "max": cfg.stream_idle_s}})
+                await self.finish(IDLE_CLOSE_CODE)
+                return
             if msg.type == WSMsgType.BINARY:
                 try:
                     samples = pcm16_to_float(msg.data)
@@ -71,21 +99,27 @@ class StreamSession:
                     continue
                 if self.segmenter.position + samples.size > max_samples:
                     await self.send({"type": "error", "error": {"code": "stream_too_long", "message": (
-                        f"a stream may carry at most {self.state.config.max_stream_seconds:g} s of audio; reconnect"),
-                        "limit": "max_stream_seconds", "max": self.state.config.max_stream_seconds}})
+                        f"a stream may carry at most {cfg.max_stream_seconds:g} s of audio; reconnect"),
+                        "limit": "max_stream_seconds", "max": cfg.max_stream_seconds}})
                     break
                 self.schedule(await self.segment(self.segmenter.feed, samples))
             elif msg.type == WSMsgType.TEXT:
                 await self.on_text(msg.data)
                 if self._finishing:
                     break
-            else:  # CLOSE, CLOSING, CLOSED, ERROR: the client is gone or leaving
+            else:  # CLOSE, CLOSING, CLOSED, ERROR (a frame over max_frame_bytes): the client is gone or leaving
                 break
         await self.finish(1000)
 
     async def on_text(self, data: str) -> None:
+        limit = text_frame_limit(self.state.max_text_chars)
+        if len(data) > limit:
+            await self.send({"type": "error", "error": {"code": "bad_message", "message": (
+                f"a text frame of {len(data)} characters; at most {limit} are accepted"), "limit": "max_text_chars",
+                "max": self.state.max_text_chars}})
+            return
         try:
-            body = limits.parse_json(data)
+            body = limits.parse_json(data, limits.json_values_limit(self.state.max_text_chars))
             kind = body.get("type") if isinstance(body, dict) else None
         except ApiError:
             kind = None
@@ -132,8 +166,9 @@ class StreamSession:
         head = {"type": "result", "segment": seg.index, "start_s": round(seg.start_s, 3), "end_s": round(seg.end_s, 3)}
         try:
             text = limits.check_text(text, self.state.max_text_chars)  # at most max_text_chars: _cap_text
-            item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
-            result = await self.state.infer(item, deadline)
+            async with self._recognizing:
+                item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
+                result = await self.state.infer(item, deadline)
         except ApiError as e:
             self.state.metrics.requests.inc(ENDPOINT, str(e.status))
             await self.send({"type": "error", "segment": seg.index, "start_s": head["start_s"], "end_s": head["end_s"],
@@ -160,18 +195,29 @@ class StreamSession:
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
     state = request.app[STATE]
+    cfg = state.config
     if state.vad is None:
         raise ApiError(503, "stream_unavailable", "this server runs without a voice-activity detector; /v1/stream is off")
-    # No permessage-deflate: max_msg_size bounds a message after decompression, so 10 kB of
-    # deflated zeros on the wire would cost the server the CPU of 10 MB of audio.
-    ws = web.WebSocketResponse(max_msg_size=state.config.max_body_bytes, heartbeat=30.0, compress=False)
-    await ws.prepare(request)
-    session = StreamSession(state, ws)
-    state.streams.add(session)
-    state.metrics.streams.set(len(state.streams))
+    if state.closing:
+        raise ApiError(503, "shutting_down", "the server is shutting down")
+    if state.stream_slots >= cfg.max_streams:
+        raise ApiError(503, "too_many_streams", f"{cfg.max_streams} streams are open; retry later", "max_streams",
+                       cfg.max_streams, headers={"Retry-After": "5"})
+    state.stream_slots += 1  # taken before the first await: concurrent handshakes count
     try:
-        await session.run()
-    finally:
-        state.streams.discard(session)
+        # No permessage-deflate: max_msg_size bounds a message after decompression, so 10 kB of
+        # deflated zeros on the wire would cost the server the CPU of 10 MB of audio.
+        ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes, heartbeat=30.0, compress=False)
+        await ws.prepare(request)
+        state.connections.working(request.transport)
+        session = StreamSession(state, ws)
+        state.streams.add(session)
         state.metrics.streams.set(len(state.streams))
+        try:
+            await session.run()
+        finally:
+            state.streams.discard(session)
+            state.metrics.streams.set(len(state.streams))
+    finally:
+        state.stream_slots -= 1
     return ws

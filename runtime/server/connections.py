@@ -1,0 +1,238 @@
+"""Connection limits below aiohttp: a cap on open connections, a deadline for each
+request's head, an idle timeout between requests, and the graceful drain on shutdown.
+
+aiohttp's server has no header-read timeout and no connection cap: a client that opens
+connections and sends nothing (or a header line every few seconds) holds a file
+descriptor each until the process runs out of them. ``ConnectionGuard`` wraps the
+protocol factory aiohttp gives ``loop.create_server`` and tracks each connection in one
+of four states:
+
+* ``head``: waiting for a request's head (from the moment the connection opens, or from
+  the first byte after a response); closed after ``header_timeout_s``;
+* ``idle``: a keep-alive connection between requests; closed after ``keepalive_s``;
+* ``body``: the head is in and the handler runs, its body may still be arriving (the
+  handler's own ``timeout_s`` bounds that: 408);
+* ``busy``: the body is in; the request is being decoded, inferred or answered (until
+  its response is written), or the connection is an open ``/v1/stream`` (which has its
+  own idle timeout).
+
+At ``max_connections`` a new connection displaces the connection that has waited longest
+for its client (``idle`` first, then ``head``, then ``body``); if every connection is
+``busy`` the new one is answered 503 and closed. Slow clients therefore cost at most
+``max_connections`` file descriptors and never keep an ordinary client out.
+
+The server reports the states, keyed by the request's transport: ``reading`` when a
+request's head has been parsed and ``working`` when its body is in or its response is
+being written (``runtime.server.app``), ``finished`` once the response is written
+(``runtime.server.runner``'s access log, which aiohttp calls at that moment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+HEAD, IDLE, BODY, BUSY = "head", "idle", "body", "busy"
+# Which connections make room at the cap, first to last (busy ones never do).
+_EVICTABLE = (IDLE, HEAD, BODY)
+
+
+class _Conn:
+    __slots__ = ("transport", "handler", "state", "since", "first_byte", "timer", "peer")
+
+    def __init__(self, transport: asyncio.Transport, now: float):
+        self.transport = transport
+        self.handler: asyncio.Protocol | None = None  # aiohttp's RequestHandler
+        self.state = HEAD
+        self.since = now  # when it entered its state (loop time, seconds)
+        self.first_byte = False  # whether part of a request's head has arrived (state head)
+        self.timer: asyncio.TimerHandle | None = None
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
+class ConnectionGuard:
+    """Caps open connections and enforces head and keep-alive deadlines (see the module doc).
+
+    Args:
+        max_connections: open connections at most.
+        header_timeout_s: seconds a request's head may take to arrive.
+        keepalive_s: seconds an idle keep-alive connection stays open.
+        on_close: called with a reason ("header_timeout", "idle", "evicted", "refused")
+            for each connection the guard closes (the server's metrics).
+    """
+
+    def __init__(self, max_connections: int, header_timeout_s: float, keepalive_s: float,
+                 on_close: Callable[[str], None] | None = None):
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.keepalive_s = keepalive_s
+        self.on_close = on_close
+        self._conns: dict[asyncio.BaseTransport, _Conn] = {}
+        # connections per state in the order they entered it: the first is the oldest
+        self._by_state: dict[str, dict[_Conn, None]] = {s: {} for s in (HEAD, IDLE, BODY, BUSY)}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return len(self._conns)
+
+    def count(self, state: str) -> int:
+        """Open connections in ``state`` (``head``, ``idle``, ``body`` or ``busy``)."""
+        return len(self._by_state[state])
+
+    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server`` that puts ``inner``'s
+        protocols (aiohttp's ``runner.server``) under this guard."""
+        return lambda: _GuardedProtocol(self, inner)
+
+    # ------------------------------------------------------------ handler reports
+
+    def reading(self, transport: asyncio.BaseTransport | None) -> None:
+        """A request's head arrived; its handler runs and may be reading the body."""
+        self._move(transport, BODY, None)
+
+    def working(self, transport: asyncio.BaseTransport | None) -> None:
+        """The request's body is in: the connection is never displaced or timed out here."""
+        self._move(transport, BUSY, None)
+
+    def finished(self, transport: asyncio.BaseTransport | None) -> None:
+        """The response is written: the connection waits for the next request."""
+        self._move(transport, IDLE, self.keepalive_s)
+
+    # ------------------------------------------------------------ shutdown
+
+    def close_idle(self, queued: Callable[[asyncio.Protocol], int]) -> int:
+        """Close every connection that waits for its client (a keep-alive one, or one whose
+        next request's head is incomplete) and has no request queued (``queued(handler)``:
+        requests received but not yet handled, which pipelining leaves behind); return how
+        many connections still have work."""
+        busy = 0
+        for conn in list(self._conns.values()):
+            if conn.state in (BODY, BUSY) or (conn.handler is not None and queued(conn.handler)):
+                busy += 1
+            else:
+                self._close(conn, None)
+        return busy
+
+    # ------------------------------------------------------------ internals
+
+    def _admit(self, transport: asyncio.Transport, proto: _GuardedProtocol) -> _Conn | None:
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        if len(self._conns) >= self.max_connections:
+            victim = next((next(iter(self._by_state[s])) for s in _EVICTABLE if self._by_state[s]), None)
+            if victim is None:
+                self._refuse(transport)
+                return None
+            logger.info("connection cap (%d) reached: closing the %s connection from %s (%.1f s in that state)",
+                        self.max_connections, victim.state, victim.peer, loop.time() - victim.since)
+            self._close(victim, "evicted")
+        conn = _Conn(transport, loop.time())
+        self._conns[transport] = conn
+        self._by_state[HEAD][conn] = None
+        self._arm(conn, self.header_timeout_s)
+        return conn
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        body = json.dumps({"error": {
+            "code": "too_many_connections",
+            "message": f"the server has {self.max_connections} connections open, all of them busy; retry shortly",
+            "limit": "max_connections", "max": self.max_connections}}, separators=(",", ":")).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            transport.write(head + body)
+        finally:
+            transport.close()
+        if self.on_close:
+            self.on_close("refused")
+
+    def _move(self, transport: asyncio.BaseTransport | None, state: str, timeout: float | None) -> None:
+        conn = self._conns.get(transport) if transport is not None else None
+        if conn is None:
+            return
+        del self._by_state[conn.state][conn]
+        conn.state, conn.since, conn.first_byte = state, self._loop.time(), False
+        self._by_state[state][conn] = None
+        self._arm(conn, timeout)
+
+    def _data(self, conn: _Conn) -> None:
+        if conn.state == IDLE:  # the next request's head begins
+            self._move(conn.transport, HEAD, self.header_timeout_s)
+        conn.first_byte = True
+
+    def _arm(self, conn: _Conn, timeout: float | None) -> None:
+        if conn.timer is not None:
+            conn.timer.cancel()
+        conn.timer = None if timeout is None else self._loop.call_later(timeout, self._expire, conn)
+
+    def _expire(self, conn: _Conn) -> None:
+        conn.timer = None
+        if self._conns.get(conn.transport) is not conn or conn.state not in (HEAD, IDLE):
+            return
+        reason = "header_timeout" if conn.state == HEAD else "idle"
+        logger.debug("closing %s connection from %s after %.1f s", conn.state, conn.peer, self._loop.time() - conn.since)
+        self._close(conn, reason)
+
+    def _close(self, conn: _Conn, reason: str | None) -> None:
+        self._forget(conn)
+        conn.transport.close()
+        if reason and self.on_close:
+            self.on_close(reason)
+
+    def _forget(self, conn: _Conn) -> None:
+        if self._conns.get(conn.transport) is conn:
+            del self._conns[conn.transport]
+            del self._by_state[conn.state][conn]
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """Forwards the transport's events to aiohttp's protocol once the guard admits the
+    connection; reports arriving bytes to the guard."""
+
+    __slots__ = ("guard", "factory", "conn", "inner")
+
+    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]):
+        self.guard, self.factory = guard, factory
+        self.conn: _Conn | None = None
+        self.inner: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn = self.guard._admit(transport, self)  # type: ignore[arg-type]
+        if self.conn is None:
+            return
+        self.inner = self.conn.handler = self.factory()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is None:
+            return
+        self.guard._data(self.conn)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.guard._forget(self.conn)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+            self.inner = None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
