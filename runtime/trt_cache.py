@@ -9,6 +9,12 @@ those, and every cache file carries them again in a header together with the pay
 length and sha256, so a file that is truncated, corrupted, or was built for something
 else is detected and rebuilt (with a warning) instead of being handed to TensorRT.
 
+An engine file is code TensorRT runs, and its header's sha256 only proves it whole, not
+who wrote it. So the cache folder is created 0700, cache files are written 0600, and a
+file is read only if it and its folder are owned by this user and writable by no one
+else, and it is not a symbolic link (``read_trusted``): anything else is rebuilt, and a
+folder that others may write is not cached into at all.
+
 File layout: ``MAGIC`` (8 bytes) | header length (uint32 little-endian) | header (UTF-8
 JSON) | engine bytes. Writes go to a temporary file in the same folder, are flushed and
 fsync'ed, then ``os.replace``'d over the target, so readers never see a partial file.
@@ -17,13 +23,15 @@ fsync'ed, then ``os.replace``'d over the target, so readers never see a partial 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 import struct
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +41,8 @@ MAGIC = b"EMOTRT01"
 FORMAT_VERSION = 1
 _LEN = struct.Struct("<I")
 MAX_HEADER_BYTES = 1 << 20
+
+logger = logging.getLogger(__name__)
 
 
 class CacheError(Exception):
@@ -45,6 +55,10 @@ class CacheMissing(CacheError):
 
 class CacheCorrupt(CacheError):
     """Bad magic, unreadable header, truncated or altered payload."""
+
+
+class CacheUntrusted(CacheError):
+    """The file or its folder may have been written by another user, or is a link."""
 
 
 class CacheMismatch(CacheError):
@@ -165,8 +179,9 @@ def default_cache_dir() -> Path:
     return base / "emotech" / "trt"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one;
+    the file gets ``mode`` (0o644: results anyone may read; caches use 0o600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -175,11 +190,92 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results and caches private
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _untrusted(st: os.stat_result, what: str) -> str | None:
+    """Why a file or folder with status ``st`` may hold another user's bytes, or None."""
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        return f"{what} is owned by uid {st.st_uid}, not this user ({os.geteuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{what} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def check_private_dir(folder: Path) -> None:
+    """Raise ``CacheUntrusted`` unless ``folder`` is a real directory (not a link) owned by
+    this user and writable by no one else."""
+    st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise CacheUntrusted(f"the cache folder {folder} is {'a symbolic link' if stat.S_ISLNK(st.st_mode) else 'not a directory'}")
+    reason = _untrusted(st, f"the cache folder {folder}")
+    if reason:
+        raise CacheUntrusted(f"{reason}; use a private folder (chmod 700) or --cache-dir")
+
+
+def private_dir(folder: Path) -> Path:
+    """``folder``, created 0700 if absent (its parents with the usual mode), checked by
+    ``check_private_dir``."""
+    folder = Path(folder)
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        os.chmod(folder, 0o700)  # mkdir's mode is reduced by the umask; never widened
+    check_private_dir(folder)
+    return folder
+
+
+def read_trusted(path: Path) -> bytes:
+    """The bytes of ``path`` if it and its folder pass the ownership and permission
+    checks (see the module doc); the file is opened without following a link.
+
+    Raises:
+        CacheMissing: no such file.
+        CacheUntrusted: a link, not a regular file, or possibly another user's.
+    """
+    path = Path(path)
+    try:
+        check_private_dir(path.parent)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as e:
+        raise CacheMissing(f"{path} does not exist") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CacheUntrusted(f"{path} is a symbolic link") from e
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise CacheUntrusted(f"{path} is not a regular file")
+        reason = _untrusted(st, str(path))
+        if reason:
+            raise CacheUntrusted(reason)
+        return fh.read()
+
+
+def read_timing_cache(path: Path) -> bytes:
+    """A TensorRT timing cache's bytes, or ``b""`` (start afresh) if it is missing or fails
+    ``read_trusted``'s checks."""
+    try:
+        return read_trusted(path)
+    except CacheMissing:
+        return b""
+    except CacheUntrusted as e:
+        logger.warning("TensorRT timing cache not used: %s", e)
+        return b""
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """``atomic_write`` into a private folder (``private_dir``), readable by this user only."""
+    private_dir(Path(path).parent)
+    atomic_write(path, data, mode=0o600)
 
 
 def pack(key: CacheKey, payload: bytes, extra: dict[str, Any] | None = None) -> bytes:
@@ -227,33 +323,33 @@ def unpack(blob: bytes, key: CacheKey | None = None) -> tuple[dict[str, Any], by
 
 def read(path: Path, key: CacheKey) -> bytes:
     """The engine bytes cached at ``path`` for ``key`` (raises a ``CacheError`` subclass)."""
-    try:
-        blob = Path(path).read_bytes()
-    except FileNotFoundError as e:
-        raise CacheMissing(f"{path} does not exist") from e
-    return unpack(blob, key)[1]
+    return unpack(read_trusted(path), key)[1]
 
 
 def write(path: Path, key: CacheKey, payload: bytes, extra: dict[str, Any] | None = None) -> None:
-    atomic_write(path, pack(key, payload, extra))
+    write_private(path, pack(key, payload, extra))
 
 
 def load_or_build(path: Path, key: CacheKey, build: Callable[[], bytes], extra: dict[str, Any] | None = None) -> tuple[bytes, bool]:
     """Engine bytes for ``key``: from ``path`` when it holds a valid engine for exactly this
-    key, else from ``build()`` (then cached atomically). Returns ``(bytes, built)``.
+    key and passes ``read_trusted``'s checks, else from ``build()`` (then cached atomically,
+    unless the folder is not private). Returns ``(bytes, built)``.
 
-    A corrupt or mismatched file is reported with a ``RuntimeWarning`` and replaced.
+    A corrupt, mismatched or untrusted file is logged as a warning and replaced.
     """
     try:
         return read(path, key), False
     except CacheMissing:
         pass
     except CacheError as e:
-        warnings.warn(f"TensorRT engine cache {path} is unusable ({e}); rebuilding it", RuntimeWarning, stacklevel=2)
+        logger.warning("TensorRT engine cache %s is unusable (%s); rebuilding it", path, e)
     payload = build()
     if not payload:
         raise RuntimeError("the TensorRT build returned no engine")
-    write(path, key, payload, extra)
+    try:
+        write(path, key, payload, extra)
+    except CacheUntrusted as e:
+        logger.warning("TensorRT engine not cached: %s", e)
     return payload, True
 
 

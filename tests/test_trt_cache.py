@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import warnings
+import stat
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_pack_unpack_roundtrip_and_detection():
         trt_cache.unpack(blob, _key(gpu_name="NVIDIA GeForce RTX 4090"))
 
 
-def test_load_or_build_builds_once_then_loads(tmp_path):
+def test_load_or_build_builds_once_then_loads(tmp_path, caplog):
     calls = []
     path = tmp_path / "sub" / "e.engine"
 
@@ -93,31 +94,31 @@ def test_load_or_build_builds_once_then_loads(tmp_path):
         calls.append(1)
         return b"engine-bytes"
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a missing file is not worth a warning
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
         assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", True)
         assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", False)
+    assert not caplog.records  # a missing file is not worth a warning
     assert len(calls) == 1
     assert [p.name for p in path.parent.iterdir()] == ["e.engine"]  # no temporary files left
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
-def test_corrupt_cache_is_rebuilt_with_warning(tmp_path, damage):
+def test_corrupt_cache_is_rebuilt_with_warning(tmp_path, damage, caplog):
     path = tmp_path / "e.engine"
     trt_cache.write(path, _key(), b"x" * 4096)
     blob = path.read_bytes()
     path.write_bytes({"truncate": blob[:-100], "garbage": b"\x00" * 50, "flip": blob[:-1] + bytes([blob[-1] ^ 1])}[damage])
-    with pytest.warns(RuntimeWarning, match="unusable"):
-        payload, built = trt_cache.load_or_build(path, _key(), lambda: b"fresh")
+    payload, built = trt_cache.load_or_build(path, _key(), lambda: b"fresh")
+    assert "unusable" in caplog.text
     assert (payload, built) == (b"fresh", True)
     assert trt_cache.read(path, _key()) == b"fresh"
 
 
-def test_mismatched_cache_is_rebuilt_with_warning(tmp_path):
+def test_mismatched_cache_is_rebuilt_with_warning(tmp_path, caplog):
     path = tmp_path / "e.engine"
     trt_cache.write(path, _key(tensorrt_version="10.2.0"), b"old")
-    with pytest.warns(RuntimeWarning, match="different tensorrt_version"):
-        assert trt_cache.load_or_build(path, _key(), lambda: b"new") == (b"new", True)
+    assert trt_cache.load_or_build(path, _key(), lambda: b"new") == (b"new", True)
+    assert "different tensorrt_version" in caplog.text
 
 
 def test_missing_file_and_empty_build(tmp_path):
@@ -156,3 +157,79 @@ def test_parse_triple():
     assert trt_cache.parse_triple("0.5, 4, 30", float) == (0.5, 4.0, 30.0)
     with pytest.raises(ValueError):
         trt_cache.parse_triple("1,2")
+
+
+# ------------------------------------------------------------------ an engine file is code
+
+
+def test_cache_folder_and_files_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        path = tmp_path / "cache" / "trt" / "e.engine"
+        trt_cache.write(path, _key(), b"engine")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert trt_cache.read(path, _key()) == b"engine"
+
+
+def test_a_cache_file_others_may_write_is_not_loaded(tmp_path, caplog):
+    path = tmp_path / "e.engine"
+    trt_cache.write(path, _key(), b"planted")
+    path.chmod(0o666)
+    with pytest.raises(trt_cache.CacheUntrusted, match="writable by other users"):
+        trt_cache.read(path, _key())
+    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
+    assert "writable by other users" in caplog.text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and trt_cache.read(path, _key()) == b"built"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_cache_file_owned_by_another_user_is_not_loaded(tmp_path):
+    path = tmp_path / "e.engine"
+    trt_cache.write(path, _key(), b"planted")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(trt_cache.CacheUntrusted, match="owned by uid 65534"):
+        trt_cache.read(path, _key())
+    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
+    assert path.stat().st_uid == os.geteuid()
+
+
+def test_a_symlinked_cache_file_is_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere.engine"
+    trt_cache.write(elsewhere, _key(), b"planted")
+    path = tmp_path / "cache" / "e.engine"
+    trt_cache.private_dir(path.parent)
+    path.symlink_to(elsewhere)
+    with pytest.raises(trt_cache.CacheUntrusted, match="symbolic link"):
+        trt_cache.read(path, _key())
+    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
+    assert not path.is_symlink() and trt_cache.read(elsewhere, _key()) == b"planted"  # the link was replaced, not its target
+
+
+def test_a_folder_others_may_write_is_neither_read_nor_written(tmp_path, caplog):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "e.engine"
+    trt_cache.atomic_write(path, trt_cache.pack(_key(), b"planted"), mode=0o600)
+    shared.chmod(0o777)
+    with pytest.raises(trt_cache.CacheUntrusted, match="cache folder .* writable by other users"):
+        trt_cache.read(path, _key())
+    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
+    assert "not cached" in caplog.text
+    assert trt_cache.unpack(path.read_bytes())[1] == b"planted"  # untouched: nothing is written there
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "cache-target", target_is_directory=True)
+    (tmp_path / "cache-target").mkdir(mode=0o700)
+    with pytest.raises(trt_cache.CacheUntrusted, match="symbolic link"):
+        trt_cache.check_private_dir(link)
+
+
+def test_an_untrusted_timing_cache_is_ignored(tmp_path, caplog):
+    path = tmp_path / "timing.cache"
+    trt_cache.write_private(path, b"timings")
+    assert trt_cache.read_timing_cache(path) == b"timings"
+    path.chmod(0o646)
+    assert trt_cache.read_timing_cache(path) == b"" and "timing cache not used" in caplog.text
+    assert trt_cache.read_timing_cache(tmp_path / "none.cache") == b""

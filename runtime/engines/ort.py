@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.engines.base import OUTPUT, Engine, tf32_setting
-from runtime.errors import EngineUnavailableError
+from runtime.errors import EngineUnavailableError, ModelFolderError
 from runtime.spec import ModelSpec
 
 
@@ -78,7 +78,12 @@ class OrtEngine(Engine):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.Fail) as e:
+            raise ModelFolderError(f"{path}: ONNX Runtime {ort.__version__} cannot load this graph ({str(e)[:300]}); "
+                                   "copy it from the release, or re-export it") from e
         if device == "cuda":
             require_cuda_provider(self.session, f"engine 'ort' ({precision})")
         self._version = ort.__version__

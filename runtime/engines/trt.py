@@ -16,6 +16,7 @@ is rebuilt with a warning, never loaded.
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ from runtime.engines.base import FUSED_INPUTS, OUTPUT, Engine, tf32_setting
 from runtime.errors import EngineUnavailableError
 from runtime.spec import ModelSpec, sha256_file
 from runtime.trt_cache import CacheKey, Profile
+
+logger = logging.getLogger(__name__)
 
 try:  # imported here so the registry can tell "not installed" from "no GPU"
     import tensorrt as _trt
@@ -156,7 +159,7 @@ def build_serialized_engine(
     config.add_optimization_profile(opt)
     cache = None
     if timing_cache is not None:
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        blob = trt_cache.read_timing_cache(timing_cache)
         try:
             cache = config.create_timing_cache(blob)
         except Exception:  # noqa: BLE001 - a corrupt timing cache only costs build time
@@ -171,7 +174,10 @@ def build_serialized_engine(
     if serialized is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} (see the log above)")
     if timing_cache is not None:
-        trt_cache.atomic_write(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        try:
+            trt_cache.write_private(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        except trt_cache.CacheUntrusted as e:
+            logger.warning("TensorRT timing cache not saved: %s", e)
     del monitor
     return bytes(memoryview(serialized))
 
