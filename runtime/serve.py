@@ -2,7 +2,7 @@
 
     python -m runtime.serve                       # bundled weights, best engine, 127.0.0.1:8080
     python -m runtime.serve --engine ort --port 9000 --max-batch 16 --max-delay-ms 10
-    python -m runtime.serve --host 0.0.0.0 --api-key "$EMOTECH_API_KEY"
+    EMOTECH_API_KEY=... python -m runtime.serve --host 0.0.0.0   # or --api-key-file /etc/emotech/key
 
 Endpoints: POST /v1/recognize, WS /v1/stream, GET /v1/model, /healthz, /readyz,
 /metrics, /openapi.json (see runtime/server/openapi.json). SIGTERM or Ctrl-C stops
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 from runtime.errors import EmotionError
@@ -33,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="0: any free port")
     # Read from the environment in main(), never as a default: --help would print it.
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every endpoint but /healthz; none: $EMOTECH_API_KEY if set")
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /healthz; none: $EMOTECH_API_KEY if set "
+                        "(other users can read a key given here in ps: prefer $EMOTECH_API_KEY or --api-key-file)")
     p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without an API key")
     p.add_argument("--max-batch", type=int, default=32, help="items per engine call")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="disable /v1/stream (no VAD model loaded)")
     p.add_argument("--no-warmup", action="store_true", help="ready at once, without the warm-up batches")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    from runtime.server.limits import add_limit_args  # the server's connection, stream and access options
+
+    add_limit_args(p)
     return p
 
 
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from runtime.server.app import create_app
         from runtime.server.engine import load_recognizer
-        from runtime.server.limits import ServeConfig, is_loopback
+        from runtime.server.limits import ServeConfig, is_loopback, limit_config, resolve_api_key
         from runtime.server.runner import serve
         from runtime.server.vad import SileroVad
     except ImportError as e:
@@ -71,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ServeConfig(
             host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
             timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
-            max_text_chars=args.max_text_chars, api_key=args.api_key or os.environ.get("EMOTECH_API_KEY") or None, decode_threads=args.decode_threads,
-            drain_timeout_s=args.drain_timeout_s)
+            max_text_chars=args.max_text_chars, api_key=resolve_api_key(args.api_key, args.api_key_file), decode_threads=args.decode_threads,
+            drain_timeout_s=args.drain_timeout_s, **limit_config(args))
         if not is_loopback(config.host) and not config.api_key and not args.insecure_no_auth:
             raise ValueError(f"--host {config.host} exposes the server beyond this machine: give --api-key (or --insecure-no-auth)")
         rec, notes = load_recognizer(args.model_dir, args.engine, args.precision, args.device, args.max_batch, args.threads)

@@ -102,17 +102,19 @@ async def recognize(request: web.Request) -> web.Response:
         if request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the response proper has not started
-    try:  # a client that sends its body slowly gets the same deadline as everyone
-        body = forms.read_request(request, cfg.max_body_bytes, limits.json_values_limit(state.max_text_chars))
-        audio, text = await asyncio.wait_for(body, cfg.timeout_s)
-    except asyncio.TimeoutError as e:
-        raise ApiError(408, "request_timeout", f"the request body did not arrive within {cfg.timeout_s:g} s",
-                       "timeout_s", cfg.timeout_s) from e
-    state.connections.working(request.transport)
-    text = limits.check_text(text, state.max_text_chars)
-    if audio is None and text is None:
-        raise ApiError(400, "missing_input", "send an 'audio' file, a 'text' field, or both")
-    item, decode_s = await state.prepare(audio, text, deadline=deadline)
+    async with state.bodies.reservation() as room:  # the body's bytes count until its audio is decoded
+        try:  # a client that sends its body slowly gets the same deadline as everyone
+            body = forms.read_request(request, cfg.max_body_bytes, limits.json_values_limit(state.max_text_chars), room)
+            audio, text = await asyncio.wait_for(body, cfg.timeout_s)
+        except asyncio.TimeoutError as e:
+            raise ApiError(408, "request_timeout", f"the request body did not arrive within {cfg.timeout_s:g} s",
+                           "timeout_s", cfg.timeout_s) from e
+        state.connections.working(request.transport)
+        text = limits.check_text(text, state.max_text_chars)
+        if audio is None and text is None:
+            raise ApiError(400, "missing_input", "send an 'audio' file, a 'text' field, or both")
+        item, decode_s = await state.prepare(audio, text, deadline=deadline)
+        del audio
     result = await state.infer(item, deadline)
     total_s = time.perf_counter() - start
     state.metrics.stage.observe(total_s, "total")

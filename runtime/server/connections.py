@@ -17,8 +17,8 @@ of four states:
   own idle timeout).
 
 At ``max_connections`` a new connection displaces the connection that has waited longest
-for its client (``idle`` first, then ``head``, then ``body``); if every connection is
-``busy`` the new one is answered 503 and closed. Slow clients therefore cost at most
+for its client (``idle`` first, then ``head``, then ``body``; never one opened in the last
+``EVICT_GRACE_S``); if there is none, the new one is answered 503 and closed. Slow clients therefore cost at most
 ``max_connections`` file descriptors and never keep an ordinary client out.
 
 The server reports the states, keyed by the request's transport: ``reading`` when a
@@ -39,15 +39,23 @@ logger = logging.getLogger(__name__)
 HEAD, IDLE, BODY, BUSY = "head", "idle", "body", "busy"
 # Which connections make room at the cap, first to last (busy ones never do).
 _EVICTABLE = (IDLE, HEAD, BODY)
+# Seconds a connection is never displaced after it opens: asyncio accepts up to a backlog
+# of connections at once before reading any, and a client's head, sent right after its
+# connect, must get the chance to arrive.
+EVICT_GRACE_S = 0.1
+# Bytes a request head may have (aiohttp's own limits, 8190 bytes a line and 128 lines,
+# are checked after this; real heads are well under 8 kB).
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class _Conn:
-    __slots__ = ("transport", "handler", "state", "since", "first_byte", "timer", "peer")
+    __slots__ = ("transport", "handler", "state", "opened", "since", "first_byte", "timer", "peer")
 
     def __init__(self, transport: asyncio.Transport, now: float):
         self.transport = transport
         self.handler: asyncio.Protocol | None = None  # aiohttp's RequestHandler
         self.state = HEAD
+        self.opened = now  # loop time, seconds
         self.since = now  # when it entered its state (loop time, seconds)
         self.first_byte = False  # whether part of a request's head has arrived (state head)
         self.timer: asyncio.TimerHandle | None = None
@@ -125,7 +133,7 @@ class ConnectionGuard:
     def _admit(self, transport: asyncio.Transport, proto: _GuardedProtocol) -> _Conn | None:
         loop = self._loop = self._loop or asyncio.get_running_loop()
         if len(self._conns) >= self.max_connections:
-            victim = next((next(iter(self._by_state[s])) for s in _EVICTABLE if self._by_state[s]), None)
+            victim = self._oldest_waiting(loop.time() - EVICT_GRACE_S)
             if victim is None:
                 self._refuse(transport)
                 return None
@@ -138,19 +146,28 @@ class ConnectionGuard:
         self._arm(conn, self.header_timeout_s)
         return conn
 
+    def _oldest_waiting(self, opened_before: float) -> _Conn | None:
+        """The connection to displace: the longest in ``idle``, else ``head``, else ``body``,
+        among those opened before ``opened_before``."""
+        for state in _EVICTABLE:
+            for conn in self._by_state[state]:  # longest in that state first
+                if conn.opened < opened_before:
+                    return conn
+        return None
+
     def _refuse(self, transport: asyncio.Transport) -> None:
-        body = json.dumps({"error": {
+        _answer(transport, "503 Service Unavailable", {
             "code": "too_many_connections",
             "message": f"the server has {self.max_connections} connections open, all of them busy; retry shortly",
-            "limit": "max_connections", "max": self.max_connections}}, separators=(",", ":")).encode()
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
-        try:
-            transport.write(head + body)
-        finally:
-            transport.close()
+            "limit": "max_connections", "max": self.max_connections}, "Retry-After: 1\r\n")
         if self.on_close:
             self.on_close("refused")
+
+    def _too_large_head(self, conn: _Conn) -> None:
+        self._forget(conn)
+        _answer(conn.transport, "431 Request Header Fields Too Large", {
+            "code": "head_too_large", "message": f"the request head is over {MAX_HEAD_BYTES} bytes",
+            "limit": "max_head_bytes", "max": MAX_HEAD_BYTES})
 
     def _move(self, transport: asyncio.BaseTransport | None, state: str, timeout: float | None) -> None:
         conn = self._conns.get(transport) if transport is not None else None
@@ -194,28 +211,52 @@ class ConnectionGuard:
             conn.timer = None
 
 
-class _GuardedProtocol(asyncio.Protocol):
-    """Forwards the transport's events to aiohttp's protocol once the guard admits the
-    connection; reports arriving bytes to the guard."""
+def _answer(transport: asyncio.Transport, status: str, error: dict, headers: str = "") -> None:
+    """Write a JSON error response on a connection aiohttp never saw, and close it."""
+    body = json.dumps({"error": error}, separators=(",", ":")).encode()
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}"
+            "Connection: close\r\n\r\n").encode()
+    try:
+        transport.write(head + body)
+    finally:
+        transport.close()
 
-    __slots__ = ("guard", "factory", "conn", "inner")
+
+class _GuardedProtocol(asyncio.Protocol):
+    """Holds a new connection's bytes until its first request head is complete, then
+    hands the connection to aiohttp's protocol (made only then: a connection that never
+    completes a head costs a socket and this object, no aiohttp handler or task); reports
+    arriving bytes to the guard."""
+
+    __slots__ = ("guard", "factory", "conn", "inner", "transport", "head")
 
     def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]):
         self.guard, self.factory = guard, factory
         self.conn: _Conn | None = None
         self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray()  # the first request's bytes until its head is complete
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
         self.conn = self.guard._admit(transport, self)  # type: ignore[arg-type]
-        if self.conn is None:
-            return
-        self.inner = self.conn.handler = self.factory()
-        self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.inner is None:
+        if self.conn is None or self.transport is None:
             return
         self.guard._data(self.conn)
+        if self.inner is None:
+            seen = len(self.head)
+            self.head += data
+            # the head ends at an empty line (CRLF CRLF; a bare LF LF from lenient clients)
+            start = max(seen - 3, 0)
+            if self.head.find(b"\r\n\r\n", start) < 0 and self.head.find(b"\n\n", start) < 0:
+                if len(self.head) > MAX_HEAD_BYTES:
+                    self.guard._too_large_head(self.conn)
+                return
+            self.inner = self.conn.handler = self.factory()
+            self.inner.connection_made(self.transport)
+            data, self.head = bytes(self.head), bytearray()
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -227,6 +268,7 @@ class _GuardedProtocol(asyncio.Protocol):
         if self.inner is not None:
             self.inner.connection_lost(exc)
             self.inner = None
+        self.transport = None
 
     def pause_writing(self) -> None:
         if self.inner is not None:
@@ -235,4 +277,3 @@ class _GuardedProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.inner is not None:
             self.inner.resume_writing()
-

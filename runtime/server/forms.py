@@ -11,6 +11,7 @@ they arrive, never into temporary files.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import codecs
@@ -35,24 +36,89 @@ CHUNK_BYTES = 64 * 1024  # bytes read from a part at a time
 BAD_BODY = (HttpProcessingError, web.RequestPayloadError, ValueError, LookupError, RuntimeError)
 
 
+BUDGET_WAIT_S = 2.0  # how long a request waits for room in the body budget before a 503
+
+
+class BodyBudget:
+    """Bytes of request bodies the server holds at once (being read, parsed or decoded),
+    at most ``limit``: bytes are taken as they arrive and given back when the request's
+    audio is decoded, so memory stays bounded however many uploads run together. A
+    request that finds no room within ``BUDGET_WAIT_S`` gets 503; it never holds room
+    while it waits, so uploads cannot block one another for long."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
+
+    async def _take(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUDGET_WAIT_S
+        while self.used + n > self.limit:
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                raise ApiError(503, "server_busy", f"the server already holds {self.used} bytes of request bodies; retry",
+                               "max_pending_body_bytes", self.limit, headers={"Retry-After": "1"}) from None
+        self.used += n
+
+    def _give(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
+class Reservation:
+    """One request's share of a ``BodyBudget``; ``async with`` gives it all back."""
+
+    def __init__(self, budget: BodyBudget):
+        self.budget, self.held = budget, 0
+
+    async def take(self, n: int) -> None:
+        await self.budget._take(n)
+        self.held += n
+
+    async def __aenter__(self) -> Reservation:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.budget._give(self.held)
+        self.held = 0
+
+
+async def read_body(request: web.Request, max_bytes: int, room: Reservation | None) -> bytes:
+    """The whole (decompressed) body, at most ``max_bytes``, taking room as it arrives."""
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+        if len(buf) + len(chunk) > max_bytes:
+            raise limits.body_too_large(max_bytes, request.content_length)
+        if room is not None:
+            await room.take(len(chunk))
+        buf += chunk
+    return bytes(buf)
+
+
 def _curl_hint(e: Exception) -> ApiError:
     return ApiError(400, "invalid_form", f"a form field is not UTF-8 text ({e}); send audio as a file part, "
                     "e.g. curl -F 'audio=@clip.wav' (or -F 'audio=<clip.wav;type=audio/wav')")
 
 
-async def read_request(request: web.Request, max_bytes: int, max_values: int) -> tuple[bytes | None, object]:
+async def read_request(request: web.Request, max_bytes: int, max_values: int,
+                       room: Reservation | None = None) -> tuple[bytes | None, object]:
     """(audio bytes or None, text or None) from a form or JSON body of at most
-    ``max_bytes`` (and, for JSON, at most ``max_values`` arrays, objects and commas)."""
+    ``max_bytes`` (and, for JSON, at most ``max_values`` arrays, objects and commas),
+    taking the bytes it reads from ``room``."""
     ctype = request.content_type
     try:
         if ctype == "multipart/form-data":
-            return await read_multipart(request, max_bytes)
+            return await read_multipart(request, max_bytes, room)
         if ctype == "application/x-www-form-urlencoded":  # text-only forms
-            return read_urlencoded(await request.read(), request.charset)
+            return read_urlencoded(await read_body(request, max_bytes, room), request.charset)
         if ctype == "application/json":
-            return read_json(await request.read(), max_values)
-    except web.HTTPRequestEntityTooLarge as e:  # request.read() past client_max_size
-        raise limits.body_too_large(max_bytes, request.content_length) from e
+            return read_json(await read_body(request, max_bytes, room), max_values)
     except UnicodeDecodeError as e:  # a part without filename or type is text: curl -F 'audio=<clip.wav'
         raise _curl_hint(e) from e
     except BAD_BODY as e:
@@ -61,7 +127,7 @@ async def read_request(request: web.Request, max_bytes: int, max_values: int) ->
                    "(fields 'audio', 'text') or application/json ({\"audio_b64\", \"text\"})")
 
 
-async def read_multipart(request: web.Request, max_bytes: int) -> tuple[bytes | None, str | None]:
+async def read_multipart(request: web.Request, max_bytes: int, room: Reservation | None = None) -> tuple[bytes | None, str | None]:
     """The ``audio`` and ``text`` fields of a ``multipart/form-data`` body; other fields
     are read and dropped."""
     reader = await request.multipart()
@@ -79,13 +145,17 @@ async def read_multipart(request: web.Request, max_bytes: int) -> tuple[bytes | 
             total += len(chunk)
             if total > max_bytes:
                 raise limits.body_too_large(max_bytes)
+            if room is not None:
+                await room.take(len(chunk))
             raw += chunk
         name = part.name
         if name not in FIELDS:
             continue
         if name in found:
             raise ApiError(400, "invalid_form", f"the form has more than one '{name}' field; send one")
-        data = bytes(part.decode(raw))  # Content-Transfer-Encoding
+        data = part.decode(raw)  # Content-Transfer-Encoding (the same buffer when there is none)
+        data = bytes(data) if not isinstance(data, bytes) else data
+        del raw
         ctype = part.headers.get("Content-Type")
         if name == "audio":
             found[name] = _audio_field(part, data, ctype)

@@ -7,11 +7,17 @@ knob the operator controls.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import ipaddress
 import json
+import logging
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, AudioTooLongError, EmotionError, TextError
 from runtime.text import unicode_problem
@@ -41,10 +47,17 @@ class ServeConfig:
     stream_idle_s: float = 60.0  # a stream that sends no frame for this long is closed
     max_frame_bytes: int = 256 * 1024  # one /v1/stream frame (8.2 s of 16-kHz PCM16); larger: closed with 1009
     max_stream_pending: int = 4  # utterances of one stream waiting for results; the stream is not read beyond it
+    max_pending_body_bytes: int | None = None  # request bodies held at once (read, parsed, decoding); beyond: wait, then 503.
+    # None: 64 MiB, or twice max_body_bytes if that is more
     allow_origins: tuple[str, ...] = ()  # browser origins allowed besides the server's own ("*": any)
     allow_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones when bound to loopback ("*": any)
 
     def __post_init__(self) -> None:
+        # origins are compared lower-cased without a trailing slash, as browsers send them
+        object.__setattr__(self, "allow_origins", tuple(o.strip().lower().rstrip("/") for o in self.allow_origins))
+        object.__setattr__(self, "allow_hosts", tuple(h.strip().lower() for h in self.allow_hosts))
+        if self.max_pending_body_bytes is None:
+            object.__setattr__(self, "max_pending_body_bytes", max(64 * 1024 * 1024, 2 * self.max_body_bytes))
         validate_config(self)
 
 
@@ -81,6 +94,8 @@ def validate_config(cfg: ServeConfig) -> None:
         raise ValueError(f"max_streams must be in [1, max_connections={cfg.max_connections}], got {cfg.max_streams}")
     if not 1024 <= cfg.max_frame_bytes <= cfg.max_body_bytes:
         raise ValueError(f"max_frame_bytes must be in [1024, max_body_bytes={cfg.max_body_bytes}], got {cfg.max_frame_bytes}")
+    if not isinstance(cfg.max_pending_body_bytes, int) or cfg.max_pending_body_bytes < cfg.max_body_bytes:
+        raise ValueError(f"max_pending_body_bytes must be >= max_body_bytes={cfg.max_body_bytes}, got {cfg.max_pending_body_bytes}")
     if not 1 <= cfg.max_stream_pending <= 64:
         raise ValueError(f"max_stream_pending must be in [1, 64], got {cfg.max_stream_pending}")
     for origin in cfg.allow_origins:
@@ -101,6 +116,76 @@ def check_api_key(key: str) -> None:
     if bad is not None:
         raise ValueError(f"api_key must be printable ASCII without spaces (what an HTTP header carries); "
                          f"it holds {ascii(bad)} at position {key.index(bad)}")
+
+
+# --------------------------------------------------------------- command line
+
+# The connection, stream and access options of ``python -m runtime.serve`` (ServeConfig
+# field, option, type, help); defaults come from ServeConfig, so they are written once.
+_LIMIT_OPTIONS = (
+    ("max_connections", "--max-connections", int, "open connections; at the cap the longest-waiting idle one is closed, "
+     "and if every one is busy the new one gets 503"),
+    ("header_timeout_s", "--header-timeout-s", float, "seconds a request's head may take to arrive (from connect or its first byte)"),
+    ("keepalive_s", "--keepalive-s", float, "seconds an idle keep-alive connection stays open"),
+    ("max_streams", "--max-streams", int, "open /v1/stream connections (503 beyond)"),
+    ("stream_idle_s", "--stream-idle-s", float, "a stream that sends no frame for this long is closed"),
+    ("max_frame_bytes", "--max-frame-bytes", int, "bytes of one /v1/stream frame (a larger one closes the stream with 1009)"),
+    ("max_stream_pending", "--max-stream-pending", int, "utterances of one stream in recognition at once; "
+     "the stream is not read further until one is answered"),
+    ("max_pending_body_bytes", "--max-pending-body-bytes", int, "bytes of request bodies held at once, all requests "
+     "together (a request that finds no room within 2 s gets 503)"),
+)
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """Add the connection, stream and browser-access options to ``parser``."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+    group = parser.add_argument_group("connections, streams and browsers")
+    for name, flag, kind, text in _LIMIT_OPTIONS:
+        group.add_argument(flag, dest=name, type=kind, default=defaults[name], help=text)
+    group.add_argument("--allow-origin", dest="allow_origins", action="append", default=[], metavar="ORIGIN",
+                       help="a web page origin (scheme://host[:port]) allowed to call the server besides pages it serves "
+                            "itself; repeat for more; '*' allows any page")
+    group.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="NAME",
+                       help="a Host name answered besides loopback names when bound to loopback (or the only names "
+                            "answered on another address); repeat for more; '*' answers any")
+    group.add_argument("--api-key-file", default=None, metavar="PATH",
+                       help="read the API key from this file (one line; keep it chmod 600) instead of --api-key")
+
+
+def limit_config(args: argparse.Namespace) -> dict:
+    """``ServeConfig`` keyword arguments from the options ``add_limit_args`` added."""
+    out = {name: getattr(args, name) for name, *_ in _LIMIT_OPTIONS}
+    out["allow_origins"] = tuple(args.allow_origins)
+    out["allow_hosts"] = tuple(args.allow_hosts)
+    return out
+
+
+def resolve_api_key(given: str | None, key_file: str | None, environ: dict | None = None) -> str | None:
+    """The API key: from ``key_file``, else ``given`` (``--api-key``, which other users can
+    read in ``ps``), else ``$EMOTECH_API_KEY``; None if none is set. Raises ``ValueError``
+    for both options at once, an unreadable file, or a key ``check_api_key`` refuses."""
+    environ = os.environ if environ is None else environ
+    if given and key_file:
+        raise ValueError("give --api-key or --api-key-file, not both")
+    if key_file:
+        path = Path(key_file)
+        try:
+            raw = path.read_bytes()
+            mode = path.stat().st_mode
+        except OSError as e:
+            raise ValueError(f"--api-key-file {key_file}: cannot read it ({e.strerror or e})") from e
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            logging.getLogger(__name__).warning("the API key file %s is readable by other users: chmod 600 it", key_file)
+        try:
+            key = raw.decode("ascii").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--api-key-file {key_file}: the key must be printable ASCII (byte {raw[e.start]:#x} at {e.start})") from e
+    else:
+        key = given or environ.get("EMOTECH_API_KEY") or None
+    if key is not None:
+        check_api_key(key)
+    return key
 
 
 def is_loopback(host: str) -> bool:

@@ -71,15 +71,25 @@ def schema() -> dict:
                 }},
                 "responses": {
                     "200": {"description": "the prediction", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
-                    "400": _error("malformed request: no input, bad JSON, form or base64, text not a string"),
+                    "400": _error("malformed request: no input; bad JSON (also more arrays, objects and commas than a "
+                                  "request can need), form (malformed part headers, more than 16 parts, repeated fields) "
+                                  "or base64; a body whose Content-Encoding does not decode; text not a string"),
                     "401": _error("missing or wrong API key"),
+                    "403": _error("a Host the server does not answer for (a loopback server answers loopback names and "
+                                  "--allow-host), or a web page Origin other than the server's own and --allow-origin"),
                     "408": _error("the request body did not arrive within timeout_s"),
                     "413": _error("a limit was exceeded: max_body_bytes, max_audio_seconds, max_decoded_samples or max_text_chars"),
-                    "415": _error("undecodable audio (also zero bytes of it), or a Content-Type other than multipart/form-data or application/json"),
-                    "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a bad "
-                                  "sample rate; text that is not valid Unicode, or without words and no audio"),
+                    "415": _error("undecodable audio (also zero bytes of it, a WAV of more than 256 chunks, a chained Ogg "
+                                  "file), or a Content-Type other than multipart/form-data, application/json or a "
+                                  "text-only application/x-www-form-urlencoded form"),
+                    "417": _error("an Expect header other than 100-continue (which is answered once the request passed "
+                                  "its checks, so a refused upload is refused before its body is sent)"),
+                    "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a "
+                                  "sample rate outside 4000-1000000 Hz; text that is not valid Unicode, or without "
+                                  "words and no audio"),
                     "500": _error("the engine failed on this request's batch"),
-                    "503": _error("queue full (see Retry-After) or shutting down"),
+                    "503": _error("queue full (see Retry-After), shutting down, or max_connections connections open "
+                                  "and all busy"),
                     "504": _error("no result within timeout_s"),
                 },
             }},
@@ -90,8 +100,12 @@ def schema() -> dict:
                     "text frames {\"type\":\"transcript\",\"text\":...} (attached to the utterance in progress or the next), "
                     "and {\"type\":\"end\"}. The server sends {\"type\":\"ready\"}, then per utterance found by Silero VAD "
                     "{\"type\":\"result\",\"segment\",\"start_s\",\"end_s\", ...Result} or {\"type\":\"error\",...}, and "
-                    "finally {\"type\":\"done\",\"segments\":N} before closing."),
-                "responses": {"101": {"description": "switching protocols"}, "503": _error("no VAD available")},
+                    "finally {\"type\":\"done\",\"segments\":N} before closing. Limits: frames of at most max_frame_bytes "
+                    "(else close 1009); at most max_stream_pending utterances in recognition (further frames wait); "
+                    "no frame for stream_idle_s: an idle_timeout error and close 1008."),
+                "responses": {"101": {"description": "switching protocols"},
+                              "403": _error("a web page Origin other than the server's own and --allow-origin"),
+                              "503": _error("no VAD available, max_streams streams open (see Retry-After), or shutting down")},
             }},
             "/v1/model": {"get": {"summary": "Labels, engine, precision, versions, file hashes and server limits",
                                   "responses": {"200": {"description": "model description", "content": {"application/json": {"schema": {"type": "object"}}}}}}},

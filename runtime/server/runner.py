@@ -35,7 +35,7 @@ from runtime.server.state import STATE
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(f"{__name__}.access")
 
-BACKLOG = 128  # connections the kernel queues before the server accepts them
+BACKLOG = 128  # connections the kernel queues, and asyncio accepts per loop iteration
 FD_RESERVE = 64  # file descriptors kept for the model, the VAD, threads and logs beyond max_connections
 SHUTDOWN_GRACE_S = 2.0  # after the drain: how long aiohttp waits for handlers before cancelling them
 

@@ -19,6 +19,7 @@ from runtime.recognizer import EmotionRecognizer, Item
 from runtime.server import limits
 from runtime.server.batcher import Batcher, BatcherClosedError, BatchResult, QueueFullError
 from runtime.server.connections import ConnectionGuard
+from runtime.server.forms import BodyBudget
 from runtime.server.limits import ApiError, ServeConfig
 from runtime.server.metrics import Metrics
 from runtime.server.vad import SileroVad, VadConfig
@@ -47,6 +48,7 @@ class ServerState:
         self.pool = concurrent.futures.ThreadPoolExecutor(config.decode_threads, thread_name_prefix="emotech-decode")
         self.ready = False  # set after warm-up, cleared when draining
         self.streams: set = set()  # open StreamSession objects
+        self.bodies = BodyBudget(config.max_pending_body_bytes)  # request bodies held at once
         self.stream_slots = 0  # /v1/stream handshakes and open streams (at most config.max_streams)
 
     async def stop_accepting(self) -> None:
