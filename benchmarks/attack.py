@@ -16,6 +16,8 @@ memory and descriptor readings). Phases, each ``--seconds`` long, in this order:
 * ``nested_json``: 4 clients posting 9 MB of ``[[],[],...]``.
 * ``malformed``: 2 clients cycling through malformed multipart part headers, bad
   ``Content-Encoding`` and 1001-field forms.
+* ``stream_load``: 30 WebSocket clients each sending 256-kB frames (8.2 s of speech-like
+  audio) as fast as the server takes them: the most a stream may send.
 * ``stream_flood``: 30 WebSocket clients, each sending one 10.5-MB frame of speech-like
   audio (328 s) then ``end`` (last: an unprotected server is still working on it after).
 
@@ -52,7 +54,7 @@ from benchmarks.loadgen import SERVER_PACKAGES, free_port, machine, percentiles,
 from benchmarks.loadgen import wait_ready as wait_until_ready
 from runtime.spec import package_versions
 
-PHASES = ("baseline", "slowloris", "silent", "slow_body", "junk_wav", "nested_json", "malformed", "stream_flood")
+PHASES = ("baseline", "slowloris", "silent", "slow_body", "junk_wav", "nested_json", "malformed", "stream_load", "stream_flood")
 SETTLE_S = 3.0  # rest after each phase before memory is read again
 
 
@@ -191,12 +193,15 @@ async def slow_connections(host: str, port: int, n: int, until: float, out: Outc
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def stream_flood(url: str, clients: int, until: float, out: Outcomes) -> None:
+async def stream_flood(url: str, clients: int, until: float, out: Outcomes, frame_bytes: int = 10_500_000,
+                       repeat: bool = False) -> None:
+    """``clients`` streams, each sending one frame of ``frame_bytes`` of speech-like audio and
+    ``end`` (or, with ``repeat``, such frames as fast as the server takes them)."""
     import aiohttp
 
     audio = np.concatenate([np.concatenate([speechlike(1.5, seed=s), np.zeros(8000, np.float32)]) for s in range(8)])
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-    frame = (pcm * (10_500_000 // len(pcm) + 1))[:10_500_000]
+    frame = (pcm * (frame_bytes // len(pcm) + 1))[:frame_bytes]
 
     async def one() -> None:
         try:
@@ -204,6 +209,9 @@ async def stream_flood(url: str, clients: int, until: float, out: Outcomes) -> N
                 await ws.receive_json()
                 out.add("opened")
                 await ws.send_bytes(frame)
+                while repeat and time.monotonic() < until:
+                    await asyncio.wait_for(ws.send_bytes(frame), max(until - time.monotonic(), 0.01))
+                    out.add("frame_sent")
                 await ws.send_str(json.dumps({"type": "end"}))
                 while time.monotonic() < until:
                     msg = await asyncio.wait_for(ws.receive(), max(until - time.monotonic(), 0.01))
@@ -218,7 +226,13 @@ async def stream_flood(url: str, clients: int, until: float, out: Outcomes) -> N
         except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             out.add(type(e).__name__)
 
-    await asyncio.gather(*(one() for _ in range(clients)))
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(one(), max(until - time.monotonic(), 0.01) + 2.0)
+        except asyncio.TimeoutError:
+            out.add("still_sending_at_phase_end")
+
+    await asyncio.gather(*(bounded() for _ in range(clients)))
 
 
 # ------------------------------------------------------------------ the server's process
@@ -300,6 +314,8 @@ async def attack(name: str, url: str, seconds: float, slow: int, until: float, o
         await repeat_posts(host, port, [(b"[" + b"[]," * 3_000_000 + b"[]]", "application/json", "")], 4, until, out)
     elif name == "malformed":
         await repeat_posts(host, port, malformed_bodies(), 2, until, out)
+    elif name == "stream_load":
+        await stream_flood(url, 30, until, out, frame_bytes=256 * 1024, repeat=True)
     elif name == "stream_flood":
         await stream_flood(url, 30, until, out)
 

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=10.0, help="request body limit (413 above it)")
     p.add_argument("--max-audio-seconds", type=float, default=None, help="none: the model's maximum")
     p.add_argument("--max-text-chars", type=int, default=None, help="none: the model's maximum")
-    p.add_argument("--decode-threads", type=int, default=2, help="threads decoding request audio and running the VAD")
+    p.add_argument("--decode-threads", type=int, default=2, help="threads decoding request audio (the streams' VAD has its own)")
     p.add_argument("--drain-timeout-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take")
     p.add_argument("--no-stream", action="store_true", help="disable /v1/stream (no VAD model loaded)")
     p.add_argument("--no-warmup", action="store_true", help="ready at once, without the warm-up batches")

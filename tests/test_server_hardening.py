@@ -307,6 +307,7 @@ def test_streams_are_capped_and_a_frame_over_the_limit_closes_the_stream(recogni
             with pytest.raises(aiohttp.WSServerHandshakeError) as e:
                 await s.ws_connect(srv.url + "/v1/stream")
             await a.receive_json()
+            await a.send_bytes(b"\0" * (64 * 1024))  # exactly the limit: accepted
             await a.send_bytes(b"\0" * (64 * 1024 + 2))
             async for _ in a:
                 pass
@@ -662,3 +663,23 @@ def test_the_attack_benchmark_runs_and_reports(recognizer, tmp_path):
     assert set(bad["attack"]) == {"400"} and not bad["server"]["answers_5xx"]
     assert "| malformed |" in out.with_suffix(".md").read_text()
     assert attack.main(["--url", "http://10.0.0.5:8080", "--seconds", "1"]) == 2  # loopback only
+
+
+def test_a_stream_faster_than_stream_speed_is_slowed_after_its_burst(recognizer, vad):
+    """Finding 4: one stream could make the server process audio as fast as it sent it
+    (328 s in one frame); now at most BURST_SECONDS at once, then stream_speed x real time."""
+    from runtime.server.stream import BURST_SECONDS
+
+    frames = [(quiet(5.0, i) * 32767).astype("<i2").tobytes() for i in range(10)]  # 50 s of near-silence
+    timings = {}
+    for speed in (0.0, 10.0):
+        srv = serve(recognizer, vad=vad, stream_speed=speed)
+        try:
+            start = time.monotonic()
+            messages, _ = stream_messages(srv.url, frames)
+            timings[speed] = time.monotonic() - start
+        finally:
+            srv.stop()
+        assert messages[-1] == {"type": "done", "segments": 0}
+    paced = (50.0 - BURST_SECONDS) / 10.0  # seconds the last 20 s of audio take at 10x real time
+    assert timings[10.0] >= paced and timings[10.0] > timings[0.0] + 0.5 * paced, timings

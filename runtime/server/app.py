@@ -223,6 +223,7 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
         await state.batcher.drain(config.drain_timeout_s)
         await state.batcher.close()
         state.pool.shutdown(wait=False, cancel_futures=True)
+        state.vad_pool.shutdown(wait=False, cancel_futures=True)
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

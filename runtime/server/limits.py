@@ -47,6 +47,7 @@ class ServeConfig:
     stream_idle_s: float = 60.0  # a stream that sends no frame for this long is closed
     max_frame_bytes: int = 256 * 1024  # one /v1/stream frame (8.2 s of 16-kHz PCM16); larger: closed with 1009
     max_stream_pending: int = 4  # utterances of one stream waiting for results; the stream is not read beyond it
+    stream_speed: float = 2.0  # audio a stream may send, in multiples of real time on average (0: any speed)
     max_pending_body_bytes: int | None = None  # request bodies held at once (read, parsed, decoding); beyond: wait, then 503.
     # None: 64 MiB, or twice max_body_bytes if that is more
     allow_origins: tuple[str, ...] = ()  # browser origins allowed besides the server's own ("*": any)
@@ -96,6 +97,8 @@ def validate_config(cfg: ServeConfig) -> None:
         raise ValueError(f"max_frame_bytes must be in [1024, max_body_bytes={cfg.max_body_bytes}], got {cfg.max_frame_bytes}")
     if not isinstance(cfg.max_pending_body_bytes, int) or cfg.max_pending_body_bytes < cfg.max_body_bytes:
         raise ValueError(f"max_pending_body_bytes must be >= max_body_bytes={cfg.max_body_bytes}, got {cfg.max_pending_body_bytes}")
+    if not 0 <= cfg.stream_speed <= 1000:
+        raise ValueError(f"stream_speed must be in [0, 1000] (0: unlimited), got {cfg.stream_speed}")
     if not 1 <= cfg.max_stream_pending <= 64:
         raise ValueError(f"max_stream_pending must be in [1, 64], got {cfg.max_stream_pending}")
     for origin in cfg.allow_origins:
@@ -132,6 +135,8 @@ _LIMIT_OPTIONS = (
     ("max_frame_bytes", "--max-frame-bytes", int, "bytes of one /v1/stream frame (a larger one closes the stream with 1009)"),
     ("max_stream_pending", "--max-stream-pending", int, "utterances of one stream in recognition at once; "
      "the stream is not read further until one is answered"),
+    ("stream_speed", "--stream-speed", float, "audio a stream may send, in multiples of real time on average after a "
+     "first 10 s (faster senders are slowed; 0: any speed)"),
     ("max_pending_body_bytes", "--max-pending-body-bytes", int, "bytes of request bodies held at once, all requests "
      "together (a request that finds no room within 2 s gets 503)"),
 )

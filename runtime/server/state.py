@@ -46,6 +46,9 @@ class ServerState:
                                            on_close=lambda reason: self.metrics.connections_closed.inc(reason))
         self.batcher = Batcher(recognizer, config.max_batch, config.max_delay_ms, config.max_queue, self.metrics)
         self.pool = concurrent.futures.ThreadPoolExecutor(config.decode_threads, thread_name_prefix="emotech-decode")
+        # the streams' voice-activity detection: its own thread, so a busy stream never
+        # queues ahead of a request's decoding
+        self.vad_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emotech-vad")
         self.ready = False  # set after warm-up, cleared when draining
         self.streams: set = set()  # open StreamSession objects
         self.bodies = BodyBudget(config.max_pending_body_bytes)  # request bodies held at once
@@ -84,11 +87,12 @@ class ServerState:
         ``max_audio_seconds`` is refused undecoded), then ``prepare`` the mono clip."""
         return self.recognizer.prepare(audio, text, sample_rate, max_seconds=self.max_audio_seconds)
 
-    async def infer(self, item: Item, deadline: float) -> BatchResult:
-        """Queue ``item`` for the next batch and wait for its result until ``deadline``
+    async def infer(self, item: Item, deadline: float, background: bool = False) -> BatchResult:
+        """Queue ``item`` for the next batch (``background``: after every waiting request; a
+        stream's utterances) and wait for its result until ``deadline``
         (``time.monotonic()``); raises ``ApiError`` 503 / 504 / 500."""
         try:
-            fut = self.batcher.submit(item)
+            fut = self.batcher.submit(item, background)
         except QueueFullError as e:
             raise ApiError(503, "queue_full", str(e), "max_queue", self.config.max_queue,
                            headers={"Retry-After": str(e.retry_after_s)}) from e

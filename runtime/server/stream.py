@@ -16,9 +16,9 @@ Protocol (all JSON messages are text frames):
 Limits (``ServeConfig``): at most ``max_streams`` open streams (then 503 before the
 upgrade); frames of at most ``max_frame_bytes`` (a larger one closes the socket with
 1009); text frames of at most ``text_frame_limit`` characters; at most
-``max_stream_pending`` utterances of one stream in recognition at a time (the server
-reads no further frames until one is answered, so a fast sender is slowed, not
-queued); a stream that sends nothing for ``stream_idle_s`` gets an ``idle_timeout``
+``max_stream_pending`` utterances of one stream in recognition at a time, and audio at
+``stream_speed`` times real time on average after a first ``BURST_SECONDS`` (the server
+reads no further frames meanwhile, so a fast sender is slowed, not queued); a stream that sends nothing for ``stream_idle_s`` gets an ``idle_timeout``
 error and is closed with 1008.
 
 Utterances are found by Silero VAD (``runtime.server.vad``); their recognition goes
@@ -42,6 +42,7 @@ from runtime.server.vad import SAMPLE_RATE, WINDOW, Segment, Segmenter, pcm16_to
 logger = logging.getLogger(__name__)
 ENDPOINT = "/v1/stream"
 IDLE_CLOSE_CODE = 1008  # policy violation: the stream sent nothing for stream_idle_s
+BURST_SECONDS = 10.0  # audio a stream may send at once, beyond its stream_speed pace
 
 
 def text_frame_limit(max_text_chars: int) -> int:
@@ -62,6 +63,8 @@ class StreamSession:
         self.count = 0
         # utterances of this stream in recognition at once (queued for the batcher or in it)
         self._recognizing = asyncio.Semaphore(state.config.max_stream_pending)
+        self._allowance = BURST_SECONDS * SAMPLE_RATE  # samples the stream may send now (see _pace)
+        self._paced_at = asyncio.get_running_loop().time()
         self._send_lock = asyncio.Lock()
         self._vad_lock = asyncio.Lock()  # feed() and flush() may come from two tasks (run, shutdown)
         self._finished = asyncio.Event()
@@ -102,6 +105,7 @@ class StreamSession:
                         f"a stream may carry at most {cfg.max_stream_seconds:g} s of audio; reconnect"),
                         "limit": "max_stream_seconds", "max": cfg.max_stream_seconds}})
                     break
+                await self._pace(samples.size)
                 self.schedule(await self.segment(self.segmenter.feed, samples))
             elif msg.type == WSMsgType.TEXT:
                 await self.on_text(msg.data)
@@ -110,6 +114,25 @@ class StreamSession:
             else:  # CLOSE, CLOSING, CLOSED, ERROR (a frame over max_frame_bytes): the client is gone or leaving
                 break
         await self.finish(1000)
+
+    async def _pace(self, n: int) -> None:
+        """Hold a stream to ``stream_speed`` times real time on average (bursts of up to
+        ``BURST_SECONDS`` of audio pass at once): the stream is not read while it waits, so
+        a sender faster than that is slowed by TCP, and the streams together cost the
+        server at most ``max_streams * stream_speed`` seconds of audio per second."""
+        speed = self.state.config.stream_speed
+        if not speed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        rate = speed * SAMPLE_RATE
+        self._allowance = min(BURST_SECONDS * SAMPLE_RATE, self._allowance + (now - self._paced_at) * rate)
+        self._paced_at = now
+        if self._allowance < n:
+            await asyncio.sleep((n - self._allowance) / rate)
+            self._paced_at = loop.time()
+            self._allowance = n
+        self._allowance -= n
 
     async def on_text(self, data: str) -> None:
         limit = text_frame_limit(self.state.max_text_chars)
@@ -146,9 +169,9 @@ class StreamSession:
             self.text = [" ".join(self.text)[-limit:]]
 
     async def segment(self, fn, *args) -> list[Segment]:
-        """Run the VAD (``feed`` or ``flush``) on the decode pool, one call at a time."""
+        """Run the VAD (``feed`` or ``flush``) on the VAD thread, one call at a time."""
         async with self._vad_lock:
-            return await asyncio.get_running_loop().run_in_executor(self.state.pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.state.vad_pool, fn, *args)
 
     def schedule(self, segments: list[Segment]) -> None:
         for seg in segments:
@@ -168,7 +191,7 @@ class StreamSession:
             text = limits.check_text(text, self.state.max_text_chars)  # at most max_text_chars: _cap_text
             async with self._recognizing:
                 item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
-                result = await self.state.infer(item, deadline)
+                result = await self.state.infer(item, deadline, background=True)
         except ApiError as e:
             self.state.metrics.requests.inc(ENDPOINT, str(e.status))
             await self.send({"type": "error", "segment": seg.index, "start_s": head["start_s"], "end_s": head["end_s"],
@@ -207,7 +230,8 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     try:
         # No permessage-deflate: max_msg_size bounds a message after decompression, so 10 kB of
         # deflated zeros on the wire would cost the server the CPU of 10 MB of audio.
-        ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes, heartbeat=30.0, compress=False)
+        # aiohttp refuses a frame of max_msg_size bytes or more: one more lets max_frame_bytes through
+        ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes + 1, heartbeat=30.0, compress=False)
         await ws.prepare(request)
         state.connections.working(request.transport)
         session = StreamSession(state, ws)
