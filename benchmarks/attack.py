@@ -16,10 +16,10 @@ memory and descriptor readings). Phases, each ``--seconds`` long, in this order:
 * ``nested_json``: 4 clients posting 9 MB of ``[[],[],...]``.
 * ``malformed``: 2 clients cycling through malformed multipart part headers, bad
   ``Content-Encoding`` and 1001-field forms.
+* ``stream_flood``: 30 WebSocket clients, each sending one 10.5-MB frame of speech-like
+  audio (328 s) then ``end`` (an unprotected server is still working on it long after).
 * ``stream_load``: 30 WebSocket clients each sending 256-kB frames (8.2 s of speech-like
   audio) as fast as the server takes them: the most a stream may send.
-* ``stream_flood``: 30 WebSocket clients, each sending one 10.5-MB frame of speech-like
-  audio (328 s) then ``end`` (last: an unprotected server is still working on it after).
 
 The ordinary client runs in its own process (so the attackers' Python work does not
 delay it): one ``POST /v1/recognize`` at a time, a 1-s clip with a transcript, each on a
@@ -54,7 +54,7 @@ from benchmarks.loadgen import SERVER_PACKAGES, free_port, machine, percentiles,
 from benchmarks.loadgen import wait_ready as wait_until_ready
 from runtime.spec import package_versions
 
-PHASES = ("baseline", "slowloris", "silent", "slow_body", "junk_wav", "nested_json", "malformed", "stream_load", "stream_flood")
+PHASES = ("baseline", "slowloris", "silent", "slow_body", "junk_wav", "nested_json", "malformed", "stream_flood", "stream_load")
 SETTLE_S = 3.0  # rest after each phase before memory is read again
 
 

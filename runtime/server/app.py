@@ -20,7 +20,7 @@ from aiohttp import web
 from runtime.recognizer import EmotionRecognizer
 from runtime.server import access, forms, limits, openapi
 from runtime.server.limits import ApiError, ServeConfig
-from runtime.server.state import STATE, ServerState, json_response, result_body
+from runtime.server.state import STATE, ServerState, json_response, result_body, time_limit
 from runtime.server.stream import stream
 from runtime.server.vad import SileroVad, VadConfig
 
@@ -104,8 +104,8 @@ async def recognize(request: web.Request) -> web.Response:
             request.writer.output_size = 0  # the response proper has not started
     async with state.bodies.reservation() as room:  # the body's bytes count until its audio is decoded
         try:  # a client that sends its body slowly gets the same deadline as everyone
-            body = forms.read_request(request, cfg.max_body_bytes, limits.json_values_limit(state.max_text_chars), room)
-            audio, text = await asyncio.wait_for(body, cfg.timeout_s)
+            async with time_limit(cfg.timeout_s):
+                audio, text = await forms.read_request(request, cfg.max_body_bytes, limits.json_values_limit(state.max_text_chars), room)
         except asyncio.TimeoutError as e:
             raise ApiError(408, "request_timeout", f"the request body did not arrive within {cfg.timeout_s:g} s",
                            "timeout_s", cfg.timeout_s) from e

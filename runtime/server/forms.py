@@ -20,7 +20,7 @@ import urllib.parse
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from runtime.server import limits
+from runtime.server import limits, memory
 from runtime.server.limits import ApiError
 
 FIELDS = ("audio", "text")
@@ -37,6 +37,8 @@ BAD_BODY = (HttpProcessingError, web.RequestPayloadError, ValueError, LookupErro
 
 
 BUDGET_WAIT_S = 2.0  # how long a request waits for room in the body budget before a 503
+TRIM_AFTER_BYTES = 16 << 20  # bodies passed through since the last memory trim that make another worth it
+TRIM_EVERY_S = 1.0  # memory trims at most this often
 
 
 class BodyBudget:
@@ -50,6 +52,8 @@ class BodyBudget:
         self.limit = limit
         self.used = 0
         self._freed = asyncio.Event()
+        self._since_trim = 0  # bytes taken since memory was last given back to the system
+        self._trimmed_at = 0.0
 
     def reservation(self) -> Reservation:
         return Reservation(self)
@@ -65,10 +69,16 @@ class BodyBudget:
                 raise ApiError(503, "server_busy", f"the server already holds {self.used} bytes of request bodies; retry",
                                "max_pending_body_bytes", self.limit, headers={"Retry-After": "1"}) from None
         self.used += n
+        self._since_trim += n
 
     def _give(self, n: int) -> None:
         self.used -= n
         self._freed.set()
+        if self.used == 0 and self._since_trim >= TRIM_AFTER_BYTES:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._trimmed_at >= TRIM_EVERY_S:
+                self._since_trim, self._trimmed_at = 0, loop.time()
+                loop.run_in_executor(None, memory.trim)  # large bodies are gone: give their pages back
 
 
 class Reservation:
@@ -89,8 +99,9 @@ class Reservation:
         self.held = 0
 
 
-async def read_body(request: web.Request, max_bytes: int, room: Reservation | None) -> bytes:
-    """The whole (decompressed) body, at most ``max_bytes``, taking room as it arrives."""
+async def read_body(request: web.Request, max_bytes: int, room: Reservation | None) -> bytearray:
+    """The whole (decompressed) body, at most ``max_bytes``, taking room as it arrives
+    (a bytearray: json.loads and the decoders take it as it is, with no copy)."""
     buf = bytearray()
     async for chunk in request.content.iter_chunked(CHUNK_BYTES):
         if len(buf) + len(chunk) > max_bytes:
@@ -98,7 +109,7 @@ async def read_body(request: web.Request, max_bytes: int, room: Reservation | No
         if room is not None:
             await room.take(len(chunk))
         buf += chunk
-    return bytes(buf)
+    return buf
 
 
 def _curl_hint(e: Exception) -> ApiError:
@@ -185,7 +196,7 @@ def _audio_field(part: BodyPartReader, data: bytes, ctype: str | None) -> bytes 
     return data
 
 
-def read_urlencoded(body: bytes, charset: str | None) -> tuple[None, str | None]:
+def read_urlencoded(body: bytes | bytearray, charset: str | None) -> tuple[None, str | None]:
     """The ``text`` field of an urlencoded form (such a form carries no audio)."""
     codecs.lookup(charset or "utf-8")  # LookupError for an unknown charset, even if nothing needs decoding
     try:
@@ -203,7 +214,7 @@ def read_urlencoded(body: bytes, charset: str | None) -> tuple[None, str | None]
     return None, (texts[0] if texts else None)
 
 
-def read_json(body: bytes, max_values: int) -> tuple[bytes | None, object]:
+def read_json(body: bytes | bytearray, max_values: int) -> tuple[bytes | None, object]:
     """``audio_b64`` (decoded) and ``text`` of a JSON object body."""
     data = limits.parse_json(body, max_values)
     if not isinstance(data, dict):

@@ -225,17 +225,15 @@ def body_too_large(max_bytes: int, size: int | None = None) -> ApiError:
     return ApiError(413, "body_too_large", f"request body is {got}; the limit is {max_bytes} bytes", "max_body_bytes", max_bytes)
 
 
-def parse_json(data: bytes | str, max_values: int | None = None) -> object:
+def parse_json(data: bytes | bytearray | str, max_values: int | None = None) -> object:
     """``json.loads``, raising ``ApiError`` 400 for anything it cannot take: bad syntax or
     UTF-8, an integer of over 4300 digits, nesting deep enough to exhaust the stack, or
     (with ``max_values``) more arrays, objects and commas than that. The count comes
-    first, at C speed (~1 ms per MB): a body of millions of tiny values would otherwise
-    hold the event loop for seconds while ``json.loads`` builds them."""
+    first, at C speed (~1.5 ms per MB, no copy): a body of millions of tiny values would
+    otherwise hold the event loop for seconds while ``json.loads`` builds them."""
     if max_values is not None:
-        if isinstance(data, (bytes, bytearray)):
-            n = len(data) - len(data.translate(None, b",[{"))
-        else:
-            n = data.count(",") + data.count("[") + data.count("{")
+        comma, bracket, brace = (b",", b"[", b"{") if isinstance(data, (bytes, bytearray)) else (",", "[", "{")
+        n = data.count(comma) + data.count(bracket) + data.count(brace)
         if n > max_values:
             raise ApiError(400, "invalid_json", f"the JSON holds {n} arrays, objects and commas; at most {max_values} are "
                            "accepted (a body is one object: {\"audio_b64\": ..., \"text\": ...})")

@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import sys
 import time
 
 import numpy as np
@@ -25,6 +26,18 @@ from runtime.server.metrics import Metrics
 from runtime.server.vad import SileroVad, VadConfig
 
 logger = logging.getLogger(__name__)
+
+
+def time_limit(seconds: float | None):
+    """A deadline for the awaits inside ``async with`` (``asyncio.TimeoutError`` after it).
+    Unlike ``asyncio.wait_for`` it wraps nothing in a task: a task that failed holds its
+    exception, whose traceback holds the task, and that cycle would keep a refused 10-MB
+    body alive until the next cyclic garbage collection."""
+    if sys.version_info >= (3, 11):
+        return asyncio.timeout(seconds)
+    import async_timeout  # aiohttp's dependency before Python 3.11
+
+    return async_timeout.timeout(seconds)
 
 
 class ServerState:
@@ -70,9 +83,9 @@ class ServerState:
             if audio is None:
                 item = self.recognizer.prepare(None, text)
             else:
-                job = asyncio.get_running_loop().run_in_executor(self.pool, self._prepare_audio, audio, text, sample_rate)
                 timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                item = await asyncio.wait_for(job, timeout)
+                async with time_limit(timeout):
+                    item = await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare_audio, audio, text, sample_rate)
         except EmotionError as e:
             raise limits.from_emotion_error(e) from e
         except asyncio.TimeoutError as e:
@@ -97,7 +110,8 @@ class ServerState:
             raise ApiError(503, "queue_full", str(e), "max_queue", self.config.max_queue,
                            headers={"Retry-After": str(e.retry_after_s)}) from e
         try:
-            result = await asyncio.wait_for(fut, max(deadline - time.monotonic(), 0.0))
+            async with time_limit(max(deadline - time.monotonic(), 0.0)):
+                result = await fut
         except asyncio.TimeoutError as e:
             raise ApiError(504, "timeout", f"no result within {self.config.timeout_s:g} s", "timeout_s", self.config.timeout_s) from e
         except BatcherClosedError as e:

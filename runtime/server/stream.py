@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 
 from aiohttp import WSMsgType, web
@@ -216,6 +217,19 @@ class StreamSession:
         await self.ws.close(code=code)
 
 
+def limit_receive_buffer(transport: asyncio.BaseTransport | None, size: int) -> None:
+    """Cap the kernel's receive buffer of a stream's socket at ``size`` bytes. A stream the
+    server paces (``_pace``) leaves its sender's audio in that buffer, and a client that
+    sends a burst and hangs up would hold its stream slot until the server has read all of
+    it: with Linux's autotuning up to 6 MB, minutes of audio."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:  # not a TCP socket (a test's pipe), or the platform refuses
+            pass
+
+
 async def stream(request: web.Request) -> web.WebSocketResponse:
     state = request.app[STATE]
     cfg = state.config
@@ -233,6 +247,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         # aiohttp refuses a frame of max_msg_size bytes or more: one more lets max_frame_bytes through
         ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes + 1, heartbeat=30.0, compress=False)
         await ws.prepare(request)
+        limit_receive_buffer(request.transport, 2 * cfg.max_frame_bytes)
         state.connections.working(request.transport)
         session = StreamSession(state, ws)
         state.streams.add(session)
