@@ -377,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     p.add_argument("--slow", type=int, default=1100, help="connections of the slowloris and silent phases (max 5000)")
     p.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases to run, in the given order")
+    p.add_argument("--server-nofile", type=int, default=None,
+                   help="with --spawn: the server's open-file limit (soft and hard; 1024 is a common default)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here and a .md beside it")
     p.add_argument("server_args", nargs=argparse.REMAINDER, help="after --: arguments for runtime.serve (with --spawn)")
     return p
@@ -411,7 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         cmd = [sys.executable, "-m", "runtime.serve", "--host", "127.0.0.1", "--port", str(port),
                *[a for a in args.server_args if a != "--"]]
-        proc = subprocess.Popen(cmd, stderr=log_file, stdout=log_file, text=True)
+        nofile = args.server_nofile
+
+        def limit_files() -> None:
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        proc = subprocess.Popen(cmd, stderr=log_file, stdout=log_file, text=True, preexec_fn=limit_files)
         url, pid = f"http://127.0.0.1:{port}", proc.pid
     else:
         from runtime.server.limits import is_loopback
@@ -446,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": package_versions(SERVER_PACKAGES),
         "seconds_per_phase": args.seconds,
         "slow_connections": args.slow,
+        "server_nofile": args.server_nofile,
         "rss_start_mb": round(rss_start, 1) if rss_start else None,
         "phases": results,
         "server_exit_code": proc.returncode if proc is not None else None,

@@ -16,9 +16,9 @@ of four states:
   its response is written), or the connection is an open ``/v1/stream`` (which has its
   own idle timeout).
 
-At ``max_connections`` a new connection displaces the connection that has waited longest
-for its client (``idle`` first, then ``head``, then ``body``; never one opened in the last
-``EVICT_GRACE_S``); if there is none, the new one is answered 503 and closed. Slow clients therefore cost at most
+At ``max_connections`` a new connection displaces the ``idle``, ``head`` or ``body``
+connection that has heard nothing from its client for longest (never one opened in the
+last ``EVICT_GRACE_S``); if there is none, the new one is answered 503 and closed. Slow clients therefore cost at most
 ``max_connections`` file descriptors and never keep an ordinary client out.
 
 The server reports the states, keyed by the request's transport: ``reading`` when a
@@ -39,10 +39,18 @@ logger = logging.getLogger(__name__)
 HEAD, IDLE, BODY, BUSY = "head", "idle", "body", "busy"
 # Which connections make room at the cap, first to last (busy ones never do).
 _EVICTABLE = (IDLE, HEAD, BODY)
-# Seconds a connection is never displaced after it opens: asyncio accepts up to a backlog
-# of connections at once before reading any, and a client's head, sent right after its
-# connect, must get the chance to arrive.
-EVICT_GRACE_S = 0.1
+# Seconds a connection is never displaced after it opens: asyncio accepts a burst of
+# connections (``accept_burst``) before it reads from any, and a client's head, sent right
+# after its connect, must get the chance to arrive. Short, so that under a flood of new
+# connections there is always an older one to displace.
+EVICT_GRACE_S = 0.02
+
+
+def accept_burst(max_connections: int) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts per loop
+    iteration: at most half the cap, so that a burst displaces only connections older than
+    the one before it, never a connection whose head has not yet been read."""
+    return max(1, min(128, max_connections // 2))
 # Bytes a request head may have (aiohttp's own limits, 8190 bytes a line and 128 lines,
 # are checked after this; real heads are well under 8 kB).
 MAX_HEAD_BYTES = 64 * 1024
@@ -83,6 +91,9 @@ class ConnectionGuard:
         self._conns: dict[asyncio.BaseTransport, _Conn] = {}
         # connections per state in the order they entered it: the first is the oldest
         self._by_state: dict[str, dict[_Conn, None]] = {s: {} for s in (HEAD, IDLE, BODY, BUSY)}
+        # idle, head and body connections, the one that has waited longest for its client first
+        # (moved to the end whenever bytes arrive or it starts waiting)
+        self._waiting: dict[_Conn, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -143,16 +154,17 @@ class ConnectionGuard:
         conn = _Conn(transport, loop.time())
         self._conns[transport] = conn
         self._by_state[HEAD][conn] = None
+        self._waiting[conn] = None
         self._arm(conn, self.header_timeout_s)
         return conn
 
     def _oldest_waiting(self, opened_before: float) -> _Conn | None:
-        """The connection to displace: the longest in ``idle``, else ``head``, else ``body``,
-        among those opened before ``opened_before``."""
-        for state in _EVICTABLE:
-            for conn in self._by_state[state]:  # longest in that state first
-                if conn.opened < opened_before:
-                    return conn
+        """The connection to displace: of those opened before ``opened_before`` and waiting
+        for their client (idle, head or body), the one that has heard nothing from it for
+        longest: a slow or silent sender, never a client whose bytes are streaming in."""
+        for conn in self._waiting:
+            if conn.opened < opened_before:
+                return conn
         return None
 
     def _refuse(self, transport: asyncio.Transport) -> None:
@@ -176,11 +188,17 @@ class ConnectionGuard:
         del self._by_state[conn.state][conn]
         conn.state, conn.since, conn.first_byte = state, self._loop.time(), False
         self._by_state[state][conn] = None
+        self._waiting.pop(conn, None)
+        if state in _EVICTABLE:
+            self._waiting[conn] = None
         self._arm(conn, timeout)
 
     def _data(self, conn: _Conn) -> None:
         if conn.state == IDLE:  # the next request's head begins
             self._move(conn.transport, HEAD, self.header_timeout_s)
+        elif conn.state in _EVICTABLE:  # it has just heard from its client: the last to displace
+            del self._waiting[conn]
+            self._waiting[conn] = None
         conn.first_byte = True
 
     def _arm(self, conn: _Conn, timeout: float | None) -> None:
@@ -206,6 +224,7 @@ class ConnectionGuard:
         if self._conns.get(conn.transport) is conn:
             del self._conns[conn.transport]
             del self._by_state[conn.state][conn]
+            self._waiting.pop(conn, None)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None

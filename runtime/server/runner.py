@@ -29,13 +29,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from runtime.server.connections import ConnectionGuard
+from runtime.server.connections import ConnectionGuard, accept_burst
 from runtime.server.state import STATE
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(f"{__name__}.access")
 
-BACKLOG = 128  # connections the kernel queues, and asyncio accepts per loop iteration
 FD_RESERVE = 64  # file descriptors kept for the model, the VAD, threads and logs beyond max_connections
 SHUTDOWN_GRACE_S = 2.0  # after the drain: how long aiohttp waits for handlers before cancelling them
 
@@ -155,7 +154,8 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout_s: flo
     await runner.setup()
     listener: asyncio.AbstractServer | None = None
     try:
-        listener = await loop.create_server(guard.protocol_factory(runner.server), host, port, backlog=BACKLOG)
+        listener = await loop.create_server(guard.protocol_factory(runner.server), host, port,
+                                            backlog=accept_burst(guard.max_connections))
         bound_host, bound_port = listener.sockets[0].getsockname()[:2]
         logger.info("listening on http://%s:%d", bound_host, bound_port)
         if on_started:
