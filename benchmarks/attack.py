@@ -17,7 +17,9 @@ memory and descriptor readings). Phases, each ``--seconds`` long, in this order:
 * ``malformed``: 2 clients cycling through malformed multipart part headers, bad
   ``Content-Encoding`` and 1001-field forms.
 * ``stream_flood``: 30 WebSocket clients, each sending one 10.5-MB frame of speech-like
-  audio (328 s) then ``end`` (an unprotected server is still working on it long after).
+  audio (10,485,000 bytes, 328 s: just under the 10-MiB message limit the server had
+  before frames were capped) then ``end`` (an unprotected server is still working on it
+  long after).
 * ``stream_load``: 30 WebSocket clients each sending 256-kB frames (8.2 s of speech-like
   audio) as fast as the server takes them: the most a stream may send.
 
@@ -193,7 +195,7 @@ async def slow_connections(host: str, port: int, n: int, until: float, out: Outc
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def stream_flood(url: str, clients: int, until: float, out: Outcomes, frame_bytes: int = 10_500_000,
+async def stream_flood(url: str, clients: int, until: float, out: Outcomes, frame_bytes: int = 10_485_000,
                        repeat: bool = False) -> None:
     """``clients`` streams, each sending one frame of ``frame_bytes`` of speech-like audio and
     ``end`` (or, with ``repeat``, such frames as fast as the server takes them)."""
