@@ -709,3 +709,26 @@ def test_a_refused_body_is_freed_at_once(recognizer):
         gc.enable()
         srv.stop()
     assert held < 2e6, f"{held / 1e6:.1f} MB still held after three refused 9-MB bodies"
+
+
+def test_a_stream_always_ahead_of_stream_speed_is_closed(recognizer, vad, monkeypatch):
+    """A sender that bursts minutes of audio and hangs up leaves it in the socket buffers,
+    which the server would pace through for minutes holding a stream slot: a stream held
+    back without a break for MAX_THROTTLED_S is closed instead."""
+    from runtime.server import stream as stream_mod
+
+    monkeypatch.setattr(stream_mod, "MAX_THROTTLED_S", 1.0)
+    srv = serve(recognizer, vad=vad, stream_speed=2.0, max_frame_bytes=64 * 1024)
+    frames = [(quiet(2.0, i) * 32767).astype("<i2").tobytes() for i in range(40)]  # 80 s sent as fast as possible
+    try:
+        start = time.monotonic()
+        messages, code = stream_messages(srv.url, frames)
+        took = time.monotonic() - start
+        while srv.app[STATE].stream_slots and time.monotonic() - start < took + 3:
+            time.sleep(0.05)
+        assert srv.app[STATE].stream_slots == 0  # the slot is free again
+    finally:
+        srv.stop()
+    errors = [m["error"]["code"] for m in messages if m["type"] == "error"]
+    assert errors == ["too_fast"] and messages[-1]["type"] == "done" and code == 1008, messages
+    assert took < 10  # 10 s burst + 1 s held back at 2x real time: ~6 s, not the 35 s pacing 80 s would take

@@ -19,7 +19,8 @@ upgrade); frames of at most ``max_frame_bytes`` (a larger one closes the socket 
 ``max_stream_pending`` utterances of one stream in recognition at a time, and audio at
 ``stream_speed`` times real time on average after a first ``BURST_SECONDS`` (the server
 reads no further frames meanwhile, so a fast sender is slowed, not queued); a stream that sends nothing for ``stream_idle_s`` gets an ``idle_timeout``
-error and is closed with 1008.
+error and is closed with 1008, and one held back by ``stream_speed`` for
+``MAX_THROTTLED_S`` without a break gets a ``too_fast`` error and is closed with 1008.
 
 Utterances are found by Silero VAD (``runtime.server.vad``); their recognition goes
 through the same batcher as ``/v1/recognize``.
@@ -42,8 +43,16 @@ from runtime.server.vad import SAMPLE_RATE, WINDOW, Segment, Segmenter, pcm16_to
 
 logger = logging.getLogger(__name__)
 ENDPOINT = "/v1/stream"
-IDLE_CLOSE_CODE = 1008  # policy violation: the stream sent nothing for stream_idle_s
+IDLE_CLOSE_CODE = 1008  # policy violation: nothing sent for stream_idle_s, or too fast for too long
 BURST_SECONDS = 10.0  # audio a stream may send at once, beyond its stream_speed pace
+# Seconds a stream may be held back without a break before it is closed: a sender that is
+# always ahead of stream_speed (or that sent a burst and hung up, leaving megabytes in the
+# socket buffers for the server to pace through) would otherwise keep its slot for minutes.
+MAX_THROTTLED_S = 10.0
+
+
+class TooFast(Exception):
+    """The stream kept ahead of ``stream_speed`` for ``MAX_THROTTLED_S``."""
 
 
 def text_frame_limit(max_text_chars: int) -> int:
@@ -66,6 +75,7 @@ class StreamSession:
         self._recognizing = asyncio.Semaphore(state.config.max_stream_pending)
         self._allowance = BURST_SECONDS * SAMPLE_RATE  # samples the stream may send now (see _pace)
         self._paced_at = asyncio.get_running_loop().time()
+        self._throttled_since: float | None = None  # when the stream began to be held back without a break
         self._send_lock = asyncio.Lock()
         self._vad_lock = asyncio.Lock()  # feed() and flush() may come from two tasks (run, shutdown)
         self._finished = asyncio.Event()
@@ -106,7 +116,15 @@ class StreamSession:
                         f"a stream may carry at most {cfg.max_stream_seconds:g} s of audio; reconnect"),
                         "limit": "max_stream_seconds", "max": cfg.max_stream_seconds}})
                     break
-                await self._pace(samples.size)
+                try:
+                    await self._pace(samples.size)
+                except TooFast:
+                    await self.send({"type": "error", "error": {"code": "too_fast", "message": (
+                        f"the stream sent audio faster than {cfg.stream_speed:g} x real time for over {MAX_THROTTLED_S:g} s; "
+                        "send it at most that fast (or use /v1/recognize for recordings)"), "limit": "stream_speed",
+                        "max": cfg.stream_speed}})
+                    await self.finish(IDLE_CLOSE_CODE)
+                    return
                 self.schedule(await self.segment(self.segmenter.feed, samples))
             elif msg.type == WSMsgType.TEXT:
                 await self.on_text(msg.data)
@@ -120,7 +138,8 @@ class StreamSession:
         """Hold a stream to ``stream_speed`` times real time on average (bursts of up to
         ``BURST_SECONDS`` of audio pass at once): the stream is not read while it waits, so
         a sender faster than that is slowed by TCP, and the streams together cost the
-        server at most ``max_streams * stream_speed`` seconds of audio per second."""
+        server at most ``max_streams * stream_speed`` seconds of audio per second. Raises
+        ``TooFast`` once it has been held back for ``MAX_THROTTLED_S`` without a break."""
         speed = self.state.config.stream_speed
         if not speed:
             return
@@ -130,9 +149,15 @@ class StreamSession:
         self._allowance = min(BURST_SECONDS * SAMPLE_RATE, self._allowance + (now - self._paced_at) * rate)
         self._paced_at = now
         if self._allowance < n:
+            if self._throttled_since is None:
+                self._throttled_since = now
+            elif now - self._throttled_since > MAX_THROTTLED_S:
+                raise TooFast
             await asyncio.sleep((n - self._allowance) / rate)
             self._paced_at = loop.time()
             self._allowance = n
+        else:
+            self._throttled_since = None
         self._allowance -= n
 
     async def on_text(self, data: str) -> None:
