@@ -20,6 +20,14 @@ class AudioTooLargeError(AudioError):
     """The audio would decode to more than ``runtime.audio.MAX_DECODED_SAMPLES`` samples."""
 
 
+class AudioTooLongError(AudioError):
+    """The audio is longer than the caller's limit (``runtime.audio.decode``'s ``max_seconds``)."""
+
+    def __init__(self, message: str, seconds: float, max_seconds: float):
+        super().__init__(message)
+        self.seconds, self.max_seconds = seconds, max_seconds
+
+
 class AudioDecodeError(AudioError):
     """The bytes or file are not audio in a supported container (WAV, FLAC, OGG)."""
 

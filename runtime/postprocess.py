@@ -53,7 +53,15 @@ def postprocess(
     temperature: dict[str, float],
     durations: list[float | None] | None = None,
 ) -> list[Prediction]:
-    """One ``Prediction`` per row, each scaled by the temperature of its modality mode."""
+    """One ``Prediction`` per row, each scaled by the temperature of its modality mode.
+
+    Raises:
+        ValueError: ``logits`` do not have one column per label (a graph and a spec from
+            two different models: the scores would be silently wrong).
+    """
+    if logits.ndim != 2 or logits.shape[1] != len(labels):
+        raise ValueError(f"the engine returned logits of shape {logits.shape} for {len(labels)} labels: "
+                         "the graph and spec.json come from different models")
     modes = [mode_of(bool(a), bool(t)) for a, t in zip(has_audio, has_text)]
     probs = calibrated_probs(logits, np.array([temperature.get(m, 1.0) for m in modes]))
     out = []

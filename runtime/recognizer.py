@@ -169,18 +169,22 @@ class EmotionRecognizer:
 
     # ------------------------------------------------------------------ stages
 
-    def prepare(self, audio: AudioInput | None = None, text: str | None = None, sample_rate: int | None = None, name: str | None = None) -> Item:
-        """Decode, resample and validate one item; raises ``EmotionError`` subclasses."""
-        staged = self._to_model_rate(audio, text, sample_rate, name)
+    def prepare(self, audio: AudioInput | None = None, text: str | None = None, sample_rate: int | None = None, name: str | None = None,
+                *, max_seconds: float | None = None) -> Item:
+        """Decode, resample and validate one item; raises ``EmotionError`` subclasses.
+        With ``max_seconds``, longer audio is refused from its header, before it is decoded
+        (``AudioTooLongError``)."""
+        staged = self._to_model_rate(audio, text, sample_rate, name, max_seconds)
         return self._check(staged, text, name)
 
-    def _to_model_rate(self, audio: AudioInput | None, text: str | None, sample_rate: int | None, name: str | None) -> tuple | None:
+    def _to_model_rate(self, audio: AudioInput | None, text: str | None, sample_rate: int | None, name: str | None,
+                       max_seconds: float | None = None) -> tuple | None:
         """``prepare``'s first step: ``(mono clip at the model's rate, label)``, or None."""
         if audio is None and text is None:
             raise EmotionError(f"{name or 'item'}: give audio, text or both")
         if audio is None:
             return None
-        samples, rate, label = read_audio(audio, sample_rate, name)
+        samples, rate, label = read_audio(audio, sample_rate, name, max_seconds)
         return to_model_rate(samples, rate, self.spec.frontend, label), label
 
     def _check(self, staged: tuple | None, text: str | None, name: str | None) -> Item:

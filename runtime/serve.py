@@ -2,7 +2,7 @@
 
     python -m runtime.serve                       # bundled weights, best engine, 127.0.0.1:8080
     python -m runtime.serve --engine ort --port 9000 --max-batch 16 --max-delay-ms 10
-    python -m runtime.serve --host 0.0.0.0 --api-key "$EMOTECH_API_KEY"
+    EMOTECH_API_KEY=... python -m runtime.serve --host 0.0.0.0   # or --api-key-file /etc/emotech/key
     python -m runtime.serve --asr pocketsphinx --vad-min-silence-ms 500   # then open http://127.0.0.1:8080/
 
 Endpoints: POST /v1/recognize, WS /v1/stream, GET /v1/model, /healthz, /readyz,
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 from runtime import cli
@@ -36,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="0: any free port")
     # Read from the environment in main(), never as a default: --help would print it.
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every endpoint but /healthz; none: $EMOTECH_API_KEY if set")
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /healthz; none: $EMOTECH_API_KEY if set "
+                        "(other users can read a key given here in ps: prefer $EMOTECH_API_KEY or --api-key-file)")
     p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without an API key")
     p.add_argument("--max-batch", type=int, default=32, help="items per engine call")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
@@ -45,13 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=10.0, help="request body limit (413 above it)")
     p.add_argument("--max-audio-seconds", type=float, default=None, help="none: the model's maximum")
     p.add_argument("--max-text-chars", type=int, default=None, help="none: the model's maximum")
-    p.add_argument("--decode-threads", type=int, default=2, help="threads decoding request audio and running the VAD")
+    p.add_argument("--decode-threads", type=int, default=2, help="threads decoding request audio (the streams' VAD has its own)")
     p.add_argument("--drain-timeout-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take")
     p.add_argument("--no-stream", action="store_true", help="disable /v1/stream (no VAD model loaded)")
     add_stream_arguments(p)
     add_asr_argument(p)
     p.add_argument("--no-warmup", action="store_true", help="ready at once, without the warm-up batches")
     cli.add_logging_args(p)
+    from runtime.server.limits import add_limit_args  # the server's connection, stream and access options
+
+    add_limit_args(p)
     return p
 
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.configure_logging(args, default=logging.INFO)
     try:
         from runtime.server.app import create_app
-        from runtime.server.limits import ServeConfig, is_loopback
+        from runtime.server.limits import ServeConfig, is_loopback, limit_config, resolve_api_key
         from runtime.server.runner import serve
         from runtime.server.vad import SileroVad
     except ImportError as e:
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ServeConfig(
             host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
             timeout_s=args.timeout_s, max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
-            max_text_chars=args.max_text_chars, api_key=args.api_key or os.environ.get("EMOTECH_API_KEY") or None, decode_threads=args.decode_threads,
-            drain_timeout_s=args.drain_timeout_s, smoothing_half_life_s=args.smoothing_half_life_s)
+            max_text_chars=args.max_text_chars, api_key=resolve_api_key(args.api_key, args.api_key_file), decode_threads=args.decode_threads,
+            drain_timeout_s=args.drain_timeout_s, smoothing_half_life_s=args.smoothing_half_life_s, **limit_config(args))
         if not is_loopback(config.host) and not config.api_key and not args.insecure_no_auth:
             raise ValueError(f"--host {config.host} exposes the server beyond this machine: give --api-key (or --insecure-no-auth)")
         vad_options = vad_config(args)

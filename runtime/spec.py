@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from runtime.errors import ModelFolderError
 from runtime.frontend import FrontendConfig
 
@@ -68,7 +70,10 @@ class ModelSpec:
                 f"{self.root}: no {precision} variant of the {graph} graph (available: {have}); "
                 f"create it with `python -m export.quantize --precision {precision} --model-dir {self.root}`"
             )
-        return self.require(variants[precision], f"the {precision} {graph} graph")
+        path = self.require(variants[precision], f"the {precision} {graph} graph")
+        if graph == "fused":
+            check_graph(self, path)
+        return path
 
 
 def weights_path(*parts: str) -> Path | None:
@@ -128,7 +133,12 @@ def verify_files(root: Path, files: dict[str, str], required: tuple[str, ...] = 
         path = root / name
         if not path.is_file():
             continue
-        if sha256_file(path) != expected:
+        try:
+            digest = sha256_file(path)
+        except OSError as e:  # permissions, an I/O error
+            problems.append(f"{name} cannot be read ({e.strerror or e})")
+            continue
+        if digest != expected:
             problems.append(f"{name} does not match its sha256 in {SPEC_FILE}")
     if problems:
         raise ModelFolderError(f"model folder {root} failed verification: " + "; ".join(problems))
@@ -143,7 +153,13 @@ def _inside(name: object) -> bool:
 
 
 def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> ModelSpec:
-    """Read ``spec.json`` from ``model_dir`` (None: see ``resolve_model_dir``), checking hashes."""
+    """Read ``spec.json`` from ``model_dir`` (None: see ``resolve_model_dir``), checking hashes.
+
+    Raises:
+        ModelFolderError: no model folder, no spec, a spec that cannot be read or parsed,
+            values outside ``check_limits``'s ranges, files not listed with their hash or
+            outside the folder (``check_files``), or (``verify``) a file whose hash does not match.
+    """
     root = resolve_model_dir(model_dir)
     spec_path = root / SPEC_FILE
     if not spec_path.is_file():
@@ -154,7 +170,9 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
             "without either, the bundled default model is used"
         )
     try:
-        raw = json.loads(spec_path.read_text())
+        if spec_path.stat().st_size > MAX_SPEC_BYTES:
+            raise ModelFolderError(f"{spec_path} is {spec_path.stat().st_size} bytes; a spec is at most {MAX_SPEC_BYTES}")
+        raw = json.loads(spec_path.read_bytes())
         if not isinstance(raw, dict):
             raise ModelFolderError(f"{spec_path} is malformed: the top level is a {type(raw).__name__}, not an object")
         if raw.get("format") != FORMAT:
@@ -165,8 +183,8 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
             labels=tuple(raw["labels"]),
             frontend=FrontendConfig.from_dict(raw["frontend"]),
             tokenizer_file=text["tokenizer"],
-            max_tokens=int(text["max_tokens"]),
-            max_text_chars=int(text["max_chars"]),
+            max_tokens=_whole(text["max_tokens"], "text.max_tokens"),
+            max_text_chars=_whole(text["max_chars"], "text.max_chars"),
             graphs={k: dict(v) for k, v in raw["graphs"].items()},
             temperature={m: float(raw.get("calibration", {}).get("temperature", {}).get(m, 1.0)) for m in MODES},
             files=dict(raw["files"]),
@@ -174,8 +192,12 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
         )
     except ModelFolderError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ModelFolderError(f"{spec_path} is malformed: {e!r}") from e
+    except OSError as e:
+        raise ModelFolderError(f"{spec_path} cannot be read ({e.strerror or e})") from e
+    except RecursionError as e:
+        raise ModelFolderError(f"{spec_path} is malformed: nested too deeply to parse") from e
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:
+        raise ModelFolderError(f"{spec_path} is malformed: {str(e)[:300] or type(e).__name__}") from e
     bad_t = {m: t for m, t in spec.temperature.items() if not 0 < t < math.inf}
     if bad_t:
         raise ModelFolderError(f"{spec_path} is malformed: calibration temperatures must be positive and finite, got {bad_t}")
@@ -183,6 +205,119 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
     outside = sorted({repr(n) for n in names if not _inside(n)})
     if outside:
         raise ModelFolderError(f"{spec_path} is malformed: files must be named relative to the folder, inside it: {', '.join(outside)}")
+    check_limits(spec, spec_path)
+    check_files(spec, spec_path)
     if verify:
         verify_files(root, spec.files, required=(spec.tokenizer_file,))
     return spec
+
+
+# ------------------------------------------------------------------ consistency checks
+
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB; this bounds what a damaged one costs to parse
+MAX_LABELS = 1024
+MAX_TOKENS = 8192  # tokens per text, [CLS] and [SEP] included
+MAX_TEXT_CHARS = 1_000_000
+MAX_AUDIO_SECONDS = 600.0  # longer clips belong in a stream of utterances
+SAMPLE_RATES = (4_000, 192_000)  # Hz; the lower bound is runtime.audio's MIN_SAMPLE_RATE
+MAX_N_FFT = 16_384
+MAX_N_MELS = 1024
+
+
+def _whole(value: object, what: str) -> int:
+    """``value`` as an int: an int, or a float without a fractional part (never a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def check_limits(spec: ModelSpec, spec_path: Path) -> None:
+    """Raise ``ModelFolderError`` unless the spec's labels and limits are in range: a
+    spec read back from a damaged or hand-edited file must not load and then overflow
+    (``max_audio_seconds: Infinity``) or misreport."""
+    problems = []
+    labels = spec.labels
+    if not 2 <= len(labels) <= MAX_LABELS or not all(isinstance(x, str) and 0 < len(x) <= 100 for x in labels):
+        problems.append(f"labels must be 2 to {MAX_LABELS} names of 1 to 100 characters")
+    elif len(set(labels)) != len(labels):
+        problems.append("labels must be distinct")
+    if not 3 <= spec.max_tokens <= MAX_TOKENS:
+        problems.append(f"text.max_tokens must be in [3, {MAX_TOKENS}], got {spec.max_tokens}")
+    if not 1 <= spec.max_text_chars <= MAX_TEXT_CHARS:
+        problems.append(f"text.max_chars must be in [1, {MAX_TEXT_CHARS}], got {spec.max_text_chars}")
+    fe = spec.frontend
+    for name, value in fe.to_dict().items():
+        if isinstance(value, bool) != (name == "cmvn") or (not isinstance(value, (int, float))) or not math.isfinite(value):
+            problems.append(f"frontend.{name} must be a finite number{' or a bool' if name == 'cmvn' else ''}, got {value!r}")
+    if not problems:
+        if not SAMPLE_RATES[0] <= fe.sample_rate <= SAMPLE_RATES[1] or fe.sample_rate != int(fe.sample_rate):
+            problems.append(f"frontend.sample_rate must be a whole number of Hz in [{SAMPLE_RATES[0]}, {SAMPLE_RATES[1]}], got {fe.sample_rate}")
+        if not fe.max_audio_seconds <= MAX_AUDIO_SECONDS:
+            problems.append(f"frontend.max_audio_seconds must be at most {MAX_AUDIO_SECONDS:g}, got {fe.max_audio_seconds}")
+        if not (fe.n_fft <= MAX_N_FFT and fe.n_mels <= MAX_N_MELS):
+            problems.append(f"frontend.n_fft must be at most {MAX_N_FFT} and n_mels at most {MAX_N_MELS}")
+        for name in ("n_fft", "hop_length", "n_mels", "n_mfcc"):
+            if getattr(fe, name) != int(getattr(fe, name)):
+                problems.append(f"frontend.{name} must be a whole number, got {getattr(fe, name)}")
+    if problems:
+        raise ModelFolderError(f"{spec_path} is malformed: " + "; ".join(problems))
+
+
+def check_files(spec: ModelSpec, spec_path: Path) -> None:
+    """Raise ``ModelFolderError`` unless every file the runtime reads (tokenizer, graphs,
+    weights) is listed under ``files`` with a sha256, so that none is loaded unhashed, and
+    no listed file is a link leading out of the folder."""
+    problems = []
+    if not all(isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h) for h in spec.files.values()):
+        problems.append("files must map each file to its sha256 (64 lowercase hex digits)")
+    read = {spec.tokenizer_file: "the tokenizer", **{f: f"the {p} {g} graph" for g, v in spec.graphs.items() for p, f in v.items()}}
+    if "weights" in spec.raw:
+        read[spec.raw["weights"]] = "the weights"
+    unlisted = [f"{name} ({what})" for name, what in read.items() if name not in spec.files]
+    if unlisted:
+        problems.append("not listed under files, so never hash-checked: " + ", ".join(unlisted))
+    root = spec.root.resolve()
+    for name in spec.files:
+        path = spec.root / name
+        if path.is_symlink() or path.exists():
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                problems.append(f"{name} is a link to {target}, outside the folder")
+    if problems:
+        raise ModelFolderError(f"{spec_path}: " + "; ".join(problems))
+
+
+_CHECKED_GRAPHS: dict[tuple[str, int, int, tuple[str, ...], str], None] = {}
+
+
+def check_graph(spec: ModelSpec, path: Path) -> None:
+    """Raise ``ModelFolderError`` if the fused ONNX graph at ``path`` disagrees with the
+    spec: its ``logits`` output must have one column per label, and it must carry the
+    mel filterbank that ``spec.frontend`` gives (sample rate, n_fft, n_mels, fmin, fmax),
+    or its answers would be silently wrong. Each file is read once per process."""
+    from runtime.frontend import stacked_mel
+    from runtime.graphinfo import GraphFormatError, read_graph
+
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, spec.labels, json.dumps(spec.frontend.to_dict(), sort_keys=True))
+        if key in _CHECKED_GRAPHS:
+            return
+        mel = stacked_mel(spec.frontend)
+        facts = read_graph(path, {mel.shape})
+    except (GraphFormatError, OSError) as e:
+        raise ModelFolderError(f"{path} cannot be read as an ONNX graph ({e}); copy it from the release or re-export it") from e
+    dims = facts.outputs.get("logits")
+    if dims is None:
+        raise ModelFolderError(f"{path} has no 'logits' output (it has {', '.join(facts.outputs)}): not an emotech fused graph")
+    width = dims[-1] if dims else None
+    if isinstance(width, int) and width != len(spec.labels):
+        raise ModelFolderError(f"{path} scores {width} classes but {spec.root / SPEC_FILE} names {len(spec.labels)} labels: "
+                               "the spec belongs to another model")
+    if not any(np.allclose(c, mel, rtol=1e-5, atol=1e-7) for c in facts.constants[mel.shape]):
+        fe = spec.frontend
+        raise ModelFolderError(
+            f"{path} was not exported with the front-end {spec.root / SPEC_FILE} describes (sample_rate {fe.sample_rate}, "
+            f"n_fft {fe.n_fft}, n_mels {fe.n_mels}, fmin {fe.fmin:g}, fmax {fe.fmax:g}): its mel filterbank differs, so "
+            "its answers would be wrong; use the spec.json exported with this graph")
+    _CHECKED_GRAPHS[key] = None

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import TextError
+from runtime.errors import ModelFolderError, TextError
 
 # BERT's clean_text drops control characters except tab/newline/CR, which become spaces.
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -30,7 +31,13 @@ _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # is BERT punctuation and stands alone; runs of [a-z0-9] are words.
 _ASCII_PIECES = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 _ASCII_PRINTABLE = re.compile(r"[!-~]")
-WORD_CACHE_SIZE = 1 << 16  # distinct words remembered (about 10 MB at most)
+# Memory the remembered words may take, estimated per entry as the word, its id tuple,
+# the ids' int objects and a dict slot (bytes): a few hundred thousand everyday words.
+WORD_CACHE_BYTES = 16 << 20
+# Longer words are not remembered: BERT's WordPiece turns a word of more than 100
+# characters into [UNK], and a client sending unique long words would fill the cache.
+MAX_CACHED_WORD_CHARS = 100
+_SLOT_BYTES = 64  # a dict entry, amortised over the table's growth
 
 
 def _bert_layout(config: dict) -> tuple[int, int] | None:
@@ -70,15 +77,20 @@ class TextEncoder:
     """Batched WordPiece encoding into padded id arrays and lengths."""
 
     def __init__(self, tokenizer_file: str | Path, max_tokens: int = 128, max_chars: int = 2000):
+        """Raises ``ModelFolderError`` if ``tokenizer_file`` is not a tokenizer the
+        ``tokenizers`` library can load (malformed JSON, an unknown model type)."""
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=max_tokens)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            self.tokenizer.no_padding()
+            self.tokenizer.enable_truncation(max_length=max_tokens)
+            config = json.loads(self.tokenizer.to_str())  # the loaded pipeline, not a second file read
+            self._bert = _bert_layout(config)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception for every load failure
+            raise ModelFolderError(f"{tokenizer_file} is not a tokenizer this runtime can load ({str(e)[:300]})") from e
         self.max_tokens = max_tokens
         self.max_chars = max_chars
-        config = json.loads(self.tokenizer.to_str())  # the loaded pipeline, not a second file read
-        self._bert = _bert_layout(config)
         # Texts containing a character that starts an added token (e.g. "[" of "[MASK]")
         # go to the Rust tokenizer, which matches added tokens before normalising.
         # A "normalized" added token is matched after lowercasing, so both cases count.
@@ -89,6 +101,7 @@ class TextEncoder:
                 starts |= {first, first.lower(), first.upper()} if t.get("normalized") else {first}
         self._added_starts = frozenset(starts)
         self._words: dict[str, tuple[int, ...]] = {}
+        self.cache_bytes = 0  # the estimated size of _words (WORD_CACHE_BYTES at most)
 
     def check(self, text: object, name: str = "text") -> str:
         """Return ``text`` if it is an acceptable transcript, else raise ``TextError``."""
@@ -117,6 +130,7 @@ class TextEncoder:
     def clear_cache(self) -> None:
         """Forget the remembered words (benchmarks time a cold start with this)."""
         self._words.clear()
+        self.cache_bytes = 0
 
     def _fast_ids(self, text: str) -> list[int] | None:
         """Ids of an ASCII text through the BERT fast path, or None if it does not apply."""
@@ -128,8 +142,11 @@ class TextEncoder:
             ids = words.get(piece)
             if ids is None:
                 ids = tuple(t.id for t in self.tokenizer.model.tokenize(piece))
-                if len(words) < WORD_CACHE_SIZE:
-                    words[piece] = ids
+                if len(piece) <= MAX_CACHED_WORD_CHARS:
+                    size = sys.getsizeof(piece) + sys.getsizeof(ids) + 28 * len(ids) + _SLOT_BYTES
+                    if self.cache_bytes + size <= WORD_CACHE_BYTES:
+                        words[piece] = ids
+                        self.cache_bytes += size
             body.extend(ids)
         cls, sep = self._bert
         return [cls, *body[: max(self.max_tokens - 2, 0)], sep]

@@ -43,7 +43,7 @@ def test_file_path_and_int16(tmp_path):
     with pytest.raises(AudioError, match="65 x 12800 array is neither .* pass a list of arrays"):
         load_audio(np.tile(y, (65, 1)), CFG, sample_rate=16000)
     many = np.random.default_rng(3).uniform(-0.5, 0.5, (30, 40)).astype(np.float32)  # 30 frames of 40 channels
-    samples, rate = decode(encode(many, 100, "WAV", "FLOAT"))
+    samples, rate = decode(encode(many, 8000, "WAV", "FLOAT"))
     assert samples.shape == (30, 40) and to_mono_float(samples).shape == (30,)
 
 
@@ -272,10 +272,10 @@ def test_too_long_clips_are_rejected_before_resampling(monkeypatch):
         raise AssertionError("resampled a clip that is too long anyway")
 
     monkeypatch.setattr(audio, "resample", no_resampling)
-    # 2000 bytes of WAV claiming 1 Hz: 1000 s, which would be 16 M samples at 16 kHz
-    tiny_rate = _riff((b"fmt ", _fmt(1, 1)), (b"data", (np.arange(1000, dtype=np.int16) * 30).tobytes()))
-    with pytest.raises(AudioError, match="is 1000 s long; the maximum is 30.0 s"):
-        load_audio(tiny_rate, CFG)
+    # 250 kB of WAV claiming 4 kHz: 31.25 s, which would be 500k samples at 16 kHz
+    low_rate = _riff((b"fmt ", _fmt(1, 4000)), (b"data", (np.arange(125_000, dtype=np.int16) % 2000 * 8).tobytes()))
+    with pytest.raises(AudioError, match="is 31.25 s long; the maximum is 30.0 s"):
+        load_audio(low_rate, CFG)
     with pytest.raises(AudioError, match="is 31 s long"):
         load_audio(np.tile(speechlike(1.0, sr=8000), 31), CFG, sample_rate=8000)
     monkeypatch.undo()
@@ -286,8 +286,8 @@ def test_too_long_clips_are_rejected_before_resampling(monkeypatch):
 
 
 @pytest.mark.parametrize("rate, ok", [
-    (16000, True), (16000.0, True), (np.int32(16000), True), (np.float64(8000.0), True), (1, True), (1_000_000, True),
-    (0, False), (-16000, False), (0.5, False), (16000.7, False), (float("nan"), False), (float("inf"), False),
+    (16000, True), (16000.0, True), (np.int32(16000), True), (np.float64(8000.0), True), (4000, True), (1_000_000, True),
+    (3999, False), (1, False), (0, False), (-16000, False), (0.5, False), (16000.7, False), (float("nan"), False), (float("inf"), False),
     (True, False), ("16000", False), ([16000], False), (2**31, False), (2**46, False), (10**400, False),
 ])  # fmt: skip
 def test_sample_rate_must_be_a_whole_number_of_hz_in_range(rate, ok):
@@ -296,7 +296,7 @@ def test_sample_rate_must_be_a_whole_number_of_hz_in_range(rate, ok):
     if ok:
         assert check_rate(rate) == int(rate)
         return
-    with pytest.raises(AudioError, match=f"whole number of Hz|between 1 and {MAX_SAMPLE_RATE}") as e:
+    with pytest.raises(AudioError, match=f"whole number of Hz|between 4000 and {MAX_SAMPLE_RATE}") as e:
         check_rate(rate, "item 3")
     assert str(e.value).startswith("item 3:") and len(str(e.value)) < 300  # 10**400 is not printed whole
 
@@ -407,3 +407,87 @@ def test_paths_that_are_not_files_say_what_they_are(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(AudioDecodeError, match="not a regular file"):  # opening it would block forever
         load_audio(str(fifo), CFG)
+
+
+# ------------------------------------------------------------------ issue 18: audio that is not what it says
+
+
+def test_a_wav_of_many_chunks_is_refused_without_walking_them_all():
+    """A valid WAV with 1.2 M empty JUNK chunks took ~1 s of Python (holding the GIL) per
+    parse; the walk now stops after MAX_CHUNKS."""
+    import time
+
+    from runtime.audio import decode, parse_pcm16_wav
+    from runtime.audio.wav import MAX_CHUNKS
+
+    wav = encode(speechlike(0.5), 16000, "WAV", "PCM_16")
+    data = wav.index(b"data")
+
+    def with_junk(n):
+        body = wav[12:data] + b"JUNK\0\0\0\0" * n + wav[data:]
+        return b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WAVE" + body
+
+    assert parse_pcm16_wav(with_junk(MAX_CHUNKS - 3)) is not None  # fmt + junk + data
+    start = time.perf_counter()
+    with pytest.raises(AudioDecodeError, match=f"more than {MAX_CHUNKS} chunks"):
+        decode(with_junk(1_200_000), "junk.wav")
+    assert time.perf_counter() - start < 0.1
+
+
+def test_a_chained_ogg_file_is_refused_as_bytes_and_as_a_path(tmp_path):
+    """libsndfile decodes only the first link of a chained Ogg file: 1 s of noise chained
+    with 40 s of speech decoded to the 1 s (past every length limit, about the wrong audio)."""
+    from runtime.audio import decode
+
+    noise = encode((0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000, "OGG")
+    speech = encode(speechlike(40.0), 16000, "OGG")
+    path = tmp_path / "chained.ogg"
+    path.write_bytes(noise + speech)
+    for data in (noise + speech, path, str(path)):
+        with pytest.raises(AudioDecodeError, match="chained or multiplexed Ogg"):
+            decode(data)
+    assert decode(speech)[0].shape[0] == 640_000  # one stream decodes whole
+    # a link boundary at any offset of the path scanner's blocks is still found
+    from runtime.audio import decoder
+
+    for block in (4096, len(noise) - 3, len(noise) + 5):
+        decoder._SCAN_BLOCK, saved = block, decoder._SCAN_BLOCK
+        try:
+            with pytest.raises(AudioDecodeError, match="chained"):
+                decode(path)
+        finally:
+            decoder._SCAN_BLOCK = saved
+
+
+def test_audio_below_4_khz_is_refused_before_resampling():
+    """One sample at 1 Hz (46 bytes of WAV) was resampled to a second of audio and scored."""
+    from runtime.audio import MIN_SAMPLE_RATE
+
+    tiny = _riff((b"fmt ", _fmt(1, 1)), (b"data", np.array([16384], "<i2").tobytes()))
+    assert len(tiny) == 46
+    with pytest.raises(AudioError, match=f"between {MIN_SAMPLE_RATE} and"):
+        load_audio(tiny, CFG)
+    with pytest.raises(AudioError, match=f"between {MIN_SAMPLE_RATE} and"):
+        load_audio(speechlike(1.0, sr=8000)[::4], CFG, sample_rate=2000)
+    with pytest.raises(AudioError, match="0.25"):  # the minimum length still applies at the model's rate
+        load_audio(speechlike(0.2, sr=4000), CFG, sample_rate=4000)
+    assert load_audio(speechlike(1.0, sr=4000), CFG, sample_rate=4000).size > 0
+
+
+def test_max_seconds_refuses_long_audio_from_its_header(monkeypatch):
+    """``max_seconds`` (the server's --max-audio-seconds) is checked before decoding."""
+    import soundfile as sf
+
+    from runtime.audio import read_audio
+    from runtime.errors import AudioTooLongError
+
+    flac = encode(speechlike(3.0), 16000, "FLAC")
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded audio longer than max_seconds"))
+    for data in (flac, encode(speechlike(3.0), 16000, "WAV", "PCM_16")):
+        with pytest.raises(AudioTooLongError, match="is 3 s long; the maximum is 2 s") as e:
+            read_audio(data, max_seconds=2.0)
+        assert e.value.max_seconds == 2.0
+    with pytest.raises(AudioTooLongError):
+        read_audio(speechlike(3.0), 16000, max_seconds=2.0)
+    monkeypatch.undo()
+    assert read_audio(flac, max_seconds=3.0)[0].shape[0] == 48000

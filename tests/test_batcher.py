@@ -175,3 +175,23 @@ def test_submit_before_start_is_an_error():
     b = Batcher(FakeRunner(), max_batch=1, max_delay_ms=0, max_queue=1)
     with pytest.raises(RuntimeError, match="start"):
         b.submit(item("x"))
+
+
+def test_background_items_wait_behind_every_request():
+    """A stream's utterances (background) never queue ahead of a request: with 8 of them
+    waiting, a request submitted later is in the very next batch."""
+    async def main():
+        runner = FakeRunner(delay=0.05)
+        b = Batcher(runner, max_batch=2, max_delay_ms=0, max_queue=100)
+        b.start()
+        first = b.submit(item("busy"))
+        await asyncio.sleep(0.01)  # "busy" is in the engine
+        stream = [b.submit(item(f"s{i}"), background=True) for i in range(8)]
+        request = b.submit(item("request"))
+        await asyncio.gather(first, request, *stream)
+        await b.close()
+        return runner.batches
+
+    batches = run(main())
+    assert batches[0] == ["busy"] and batches[1][0] == "request", batches
+    assert [t for batch in batches[1:] for t in batch if t != "request"] == [f"s{i}" for i in range(8)]

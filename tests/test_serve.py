@@ -520,7 +520,7 @@ def test_bad_text_in_a_batch_fails_only_its_own_request(server):
 def test_header_bytes_that_are_not_utf8_get_401_not_500(recognizer):
     app = create_app(recognizer, ServeConfig(api_key="s3cret-key"), warm_up=False)
     with BackgroundServer(app) as srv:
-        reply = raw_http(srv.url, b"GET /v1/model HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cr\xe9t-key\r\nConnection: close\r\n\r\n")
+        reply = raw_http(srv.url, b"GET /v1/model HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cr\xe9t-key\r\nConnection: close\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
 
 
@@ -528,7 +528,7 @@ def test_a_body_that_never_arrives_gets_408(recognizer):
     app = create_app(recognizer, ServeConfig(timeout_s=1.0), warm_up=False)
     with BackgroundServer(app) as srv:
         start = time.monotonic()
-        reply = raw_http(srv.url, b"POST /v1/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        reply = raw_http(srv.url, b"POST /v1/recognize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                   b"Content-Length: 100\r\nConnection: close\r\n\r\n{\"text\": ", wait=10.0)
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert b"request_timeout" in reply and time.monotonic() - start < 5.0

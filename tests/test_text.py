@@ -9,7 +9,7 @@ import string
 import numpy as np
 import pytest
 
-from runtime.text import WORD_CACHE_SIZE, TextEncoder
+from runtime.text import WORD_CACHE_BYTES, TextEncoder
 
 
 def _rust_ids(enc: TextEncoder, text: str) -> list[int]:
@@ -76,15 +76,36 @@ def test_non_bert_tokenizer_never_takes_the_fast_path(tmp_path, tokenizer_file):
     assert ids[0, : lengths[0]].tolist() == _rust_ids(enc, "don't stop")
 
 
-def test_word_cache_is_bounded(tokenizer_file, monkeypatch):
+def test_word_cache_is_bounded_by_bytes(tokenizer_file, monkeypatch):
+    """The cache was capped at 65536 words of any length: unique 2000-character words held
+    +129 MB. It is now capped by its estimated bytes, and long words are not kept."""
+    import tracemalloc
+
     import runtime.text
 
-    monkeypatch.setattr(runtime.text, "WORD_CACHE_SIZE", 5)
+    monkeypatch.setattr(runtime.text, "WORD_CACHE_BYTES", 300)
     enc = TextEncoder(tokenizer_file)
     text = "one two three four five six seven eight"
     assert enc._fast_ids(text) == _rust_ids(enc, text)
-    assert len(enc._words) == 5 and WORD_CACHE_SIZE > 5
+    assert 0 < len(enc._words) < 8 and enc.cache_bytes <= 300 and WORD_CACHE_BYTES > 300
     assert enc._fast_ids(text) == _rust_ids(enc, text)  # misses still tokenise correctly
+    monkeypatch.undo()
+
+    enc = TextEncoder(tokenizer_file, max_chars=2000)
+    rng = random.Random(1)
+    long_words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(2000)) for _ in range(2000)]
+    short_words = [f"w{i}x" for i in range(20_000)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for w in long_words:
+        enc.encode([w])
+    for i in range(0, len(short_words), 100):
+        enc.encode([" ".join(short_words[i : i + 100])])
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert not any(len(w) > runtime.text.MAX_CACHED_WORD_CHARS for w in enc._words)
+    assert enc.cache_bytes <= WORD_CACHE_BYTES
+    assert held < 1.5 * enc.cache_bytes + (1 << 20), f"{held / 1e6:.1f} MB held for a cache estimated at {enc.cache_bytes / 1e6:.1f} MB"
 
 
 def test_empty_batch(tokenizer_file):

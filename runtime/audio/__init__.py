@@ -19,6 +19,7 @@ from runtime.audio.condition import (
     MAX_CHANNELS_FIRST,
     MAX_PEAK,
     MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
     SILENCE_PEAK,
     StreamResampler,
     check_clip,
@@ -34,7 +35,7 @@ from runtime.audio.condition import (
 )
 from runtime.audio.decoder import MAX_DECODED_SAMPLES, SUPPORTED_FORMATS, AudioInput, decode, probe, read_audio
 from runtime.audio.wav import parse_pcm16_wav
-from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError
+from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, AudioTooLongError
 from runtime.frontend import FrontendConfig
 
 
@@ -57,12 +58,14 @@ __all__ = [
     "MAX_DECODED_SAMPLES",
     "MAX_PEAK",
     "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
     "SILENCE_PEAK",
     "SUPPORTED_FORMATS",
     "AudioDecodeError",
     "AudioError",
     "AudioInput",
     "AudioTooLargeError",
+    "AudioTooLongError",
     "check_clip",
     "check_rate",
     "condition_audio",

@@ -15,6 +15,9 @@ from runtime.frontend import FrontendConfig
 
 SILENCE_PEAK = 1e-5  # clips whose peak |sample| is below this are treated as silent
 MAX_SAMPLE_RATE = 1_000_000  # Hz; libsoxr does not return for rates from about 2^46
+# Hz; audio sampled slower carries no speech (telephone speech is 8 kHz, and its band
+# reaches 3.4 kHz), and upsampling a few samples from 1 Hz makes a clip of any length.
+MIN_SAMPLE_RATE = 4_000
 # Larger |samples| are rejected: float audio belongs in [-1, 1], and far beyond it the
 # front-end's float32 power spectrum overflows (the shipped model's scores turn NaN near
 # 1e19). 2^31 leaves room for integer-scaled floats.
@@ -22,17 +25,19 @@ MAX_PEAK = 2.0**31
 
 
 def check_rate(sample_rate: object, name: str = "audio") -> int:
-    """``sample_rate`` as an int in [1, MAX_SAMPLE_RATE] Hz, else ``AudioError``: a whole
-    number (an int, or a float without a fractional part), not a bool or a string."""
+    """``sample_rate`` as an int in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] Hz, else
+    ``AudioError``: a whole number (an int, or a float without a fractional part), not a
+    bool or a string."""
     if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
         raise AudioError(f"{name}: sample_rate must be a whole number of Hz, got {type(sample_rate).__name__} {sample_rate!r}")
     if isinstance(sample_rate, (float, np.floating)):
         if not math.isfinite(sample_rate) or sample_rate != math.floor(sample_rate):
             raise AudioError(f"{name}: sample_rate must be a whole number of Hz, got {sample_rate!r}")
     rate = int(sample_rate)
-    if not 1 <= rate <= MAX_SAMPLE_RATE:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         shown = str(rate) if len(str(rate)) <= 20 else str(rate)[:20] + "..."
-        raise AudioError(f"{name}: the sample rate must be between 1 and {MAX_SAMPLE_RATE} Hz, got {shown}")
+        raise AudioError(f"{name}: the sample rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz "
+                         f"(slower audio cannot carry speech), got {shown}")
     return rate
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Union
@@ -14,7 +15,7 @@ import numpy as np
 
 from runtime.audio.condition import check_rate, samples_first
 from runtime.audio.wav import parse_pcm16_wav
-from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError
+from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, AudioTooLongError
 
 AudioInput = Union[np.ndarray, str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -35,22 +36,42 @@ _OPEN_LOCK = threading.Lock()
 MAX_DECODED_SAMPLES = 30 * 48_000 * 16
 UNKNOWN_FRAMES = 2**62  # libsndfile's frame count of a stream of unknown length is about 2^63
 
+# The first page of a logical Ogg stream: capture pattern, version 0, header type "beginning
+# of stream" (0x02, perhaps with "end of stream" 0x04, never "continued" 0x01), granule
+# position 0, any serial number, page sequence number 0. A file with a second one is chained
+# (streams one after another) or multiplexed, and libsndfile decodes only the first stream.
+_OGG_BOS_PAGE = re.compile(rb"OggS\x00[\x02\x06]\x00{8}.{4}\x00{4}", re.DOTALL)
+_BOS_BYTES = 22  # the length of what _OGG_BOS_PAGE matches
+_SCAN_BLOCK = 1 << 20  # bytes of an Ogg file searched at a time
 
-def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str | None = None) -> tuple[np.ndarray, int]:
+
+def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str | None = None,
+           max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode a file path or encoded bytes to ``(samples, channels)`` and its rate.
 
     Samples are int16 for 16-bit (or narrower) PCM and float32 otherwise; ``to_mono_float``
     turns either into float32 mono in [-1, 1]. 16-bit PCM WAV ``bytes`` come back as a
-    read-only view of them (``parse_pcm16_wav``).
+    read-only view of them (``parse_pcm16_wav``). The header is read once: its rate is
+    checked (``check_rate``), and with ``max_seconds`` a longer clip is refused
+    (``AudioTooLongError``) before its audio is decoded.
+
+    Raises:
+        AudioDecodeError: not audio in an accepted container, or a chained Ogg file.
+        AudioTooLargeError: more than ``MAX_DECODED_SAMPLES`` samples.
+        AudioTooLongError: longer than ``max_seconds``.
+        AudioError: a sample rate outside ``check_rate``'s range.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         name = name or "audio bytes"
         if len(data) == 0:
             raise AudioDecodeError(f"{name}: audio bytes are empty")
-        parsed = parse_pcm16_wav(data)
+        parsed = parse_pcm16_wav(data, name)
         if parsed is not None:
-            if parsed[0].size > MAX_DECODED_SAMPLES:  # no bigger in memory than the bytes, but the same rule
-                raise AudioTooLargeError(_too_much(name, parsed[0].shape[1], parsed[1]))
+            samples, rate = parsed
+            check_rate(rate, name)
+            _check_length(name, samples.shape[0], rate, max_seconds)
+            if samples.size > MAX_DECODED_SAMPLES:  # no bigger in memory than the bytes, but the same rule
+                raise AudioTooLargeError(_too_much(name, samples.shape[1], rate))
             return parsed
         source: object = io.BytesIO(data if isinstance(data, bytes) else bytes(data))
     else:
@@ -83,6 +104,11 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
                 raise AudioDecodeError(
                     f"{name}: unsupported audio format {f.format}; accepted: {', '.join(SUPPORTED_FORMATS)}"
                 )
+            check_rate(f.samplerate, name)
+            if f.format == "OGG":
+                _check_single_stream(name, source)
+            if f.frames < UNKNOWN_FRAMES:
+                _check_length(name, f.frames, f.samplerate, max_seconds)
             dtype = "int16" if f.subtype in _INT16_SUBTYPES else "float32"
             # An explicit frame count (some codecs, GSM 6.10 and G.721 ADPCM, are not
             # seekable), never more than one frame beyond MAX_DECODED_SAMPLES: a header that
@@ -95,6 +121,7 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
             samples, rate = f.read(min(f.frames, most + 1), dtype=dtype, always_2d=True), f.samplerate
             if samples.shape[0] > most:
                 raise AudioTooLargeError(_too_much(name, f.channels, rate))
+            _check_length(name, samples.shape[0], rate, max_seconds)
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -103,6 +130,33 @@ def decode(data: str | os.PathLike | bytes | bytearray | memoryview, name: str |
             reason += " The header's length does not match the audio in it: re-encode the file."
         raise AudioDecodeError(f"{name} is not decodable audio ({reason}); accepted: {', '.join(SUPPORTED_FORMATS)}") from e
     return samples, int(rate)
+
+
+def _check_length(name: str, frames: int, rate: int, max_seconds: float | None) -> None:
+    if max_seconds is not None and frames > max_seconds * rate:
+        raise AudioTooLongError(
+            f"{name} is {frames / rate:.6g} s long; the maximum is {max_seconds:g} s (split long recordings into "
+            "utterances, e.g. with the server's /v1/stream)", frames / rate, max_seconds)
+
+
+def _check_single_stream(name: str, source: object) -> None:
+    """Refuse an Ogg file with more than one logical stream (see ``_OGG_BOS_PAGE``)."""
+    if isinstance(source, io.BytesIO):
+        with source.getbuffer() as data:
+            first = _OGG_BOS_PAGE.search(data)
+            chained = first is not None and _OGG_BOS_PAGE.search(data, first.end()) is not None
+    else:
+        chained, seen, tail = False, 0, b""
+        with open(source, "rb") as fh:  # type: ignore[arg-type]
+            while not chained and (block := fh.read(_SCAN_BLOCK)):
+                window = tail + block
+                seen += len(_OGG_BOS_PAGE.findall(window, 0, len(window)))
+                chained = seen > 1
+                tail = window[-_BOS_BYTES + 1 :]  # a page header cut at the block edge is whole in the next window
+    if chained:
+        raise AudioDecodeError(
+            f"{name} is a chained or multiplexed Ogg file (more than one logical stream), of which only the first "
+            "would be decoded; re-encode it as one stream (e.g. ffmpeg -i in.ogg out.flac)")
 
 
 def _too_much(name: str, channels: int, rate: int, claimed_frames: int | None = None) -> str:
@@ -132,17 +186,22 @@ def probe(data: bytes) -> tuple[int | None, int, int] | None:
     return (info.frames if 0 <= info.frames < UNKNOWN_FRAMES else None), int(info.samplerate), int(info.channels)
 
 
-def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | None = None) -> tuple[np.ndarray, int, str]:
+def read_audio(data: AudioInput, sample_rate: int | None = None, name: str | None = None,
+               max_seconds: float | None = None) -> tuple[np.ndarray, int, str]:
     """The first half of ``load_audio``: any accepted input -> ``(samples, rate, label)``,
-    decoded but not yet downmixed or resampled (``label`` names the input in errors)."""
+    decoded but not yet downmixed or resampled (``label`` names the input in errors).
+    Audio longer than ``max_seconds`` raises ``AudioTooLongError`` (encoded audio before
+    it is decoded)."""
     if isinstance(data, np.ndarray):
         label = name or "audio array"
         if sample_rate is None:
             raise AudioError(f"{label}: sample_rate is required when audio is passed as an array")
-        return samples_first(data, label), check_rate(sample_rate, label), label
+        samples, rate = samples_first(data, label), check_rate(sample_rate, label)
+        _check_length(label, samples.shape[0] if samples.ndim else 0, rate, max_seconds)
+        return samples, rate, label
     if isinstance(data, (str, os.PathLike, bytes, bytearray, memoryview)):
         label = name or (_path_label(data) if isinstance(data, (str, os.PathLike)) else "audio bytes")
-        samples, rate = decode(data, label)
+        samples, rate = decode(data, label, max_seconds)
         return samples, check_rate(rate, label), label
     raise AudioError(f"{name or 'audio'}: audio of type {type(data).__name__} is not supported; pass a numpy array, a file path or encoded bytes")
 

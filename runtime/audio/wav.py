@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 
+from runtime.errors import AudioDecodeError
+
 # KSDATAFORMAT_SUBTYPE_PCM, the sub-format GUID of a WAVE_FORMAT_EXTENSIBLE PCM file.
 _PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")
 
@@ -18,9 +20,12 @@ _PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")
 # (text metadata, padding); any other chunk type sends the file to libsndfile.
 _SKIPPED_CHUNKS = frozenset({b"LIST", b"JUNK", b"junk", b"PAD "})
 _MAX_CHANNELS = 1024  # libsndfile's limit
+# Chunks walked at most (each costs ~0.5 us of Python): real files have a handful; a 10-MB
+# file of empty JUNK chunks has 1.2 million, a second of the GIL per parse.
+MAX_CHUNKS = 256
 
 
-def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int] | None:
+def parse_pcm16_wav(data: bytes | bytearray | memoryview, name: str = "audio bytes") -> tuple[np.ndarray, int] | None:
     """``(samples, channels)`` int16 and the rate of a plain 16-bit PCM WAV, or None.
 
     Only the unambiguous case is handled here: RIFF/WAVE; a ``fmt `` chunk for 16-bit
@@ -33,6 +38,10 @@ def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, i
 
     The samples are a read-only view of immutable ``bytes``, and a copy of a ``bytearray``
     or writable buffer (which its owner could change under the view).
+
+    Raises:
+        AudioDecodeError: the file has more than ``MAX_CHUNKS`` chunks (``name`` says
+            which input in the message).
     """
     buf = memoryview(data)
     if not buf.c_contiguous or sys.byteorder != "little":
@@ -42,8 +51,11 @@ def parse_pcm16_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, i
         return None
     fmt: tuple[int, int, int] | None = None  # channels, rate, block_align
     found: tuple[int, int] | None = None  # offset and size of the data chunk
-    pos = 12
+    pos, chunks = 12, 0
     while pos + 8 <= len(buf):
+        chunks += 1
+        if chunks > MAX_CHUNKS:
+            raise AudioDecodeError(f"{name}: the WAV has more than {MAX_CHUNKS} chunks (audio files have a handful); re-encode it")
         chunk, size = bytes(buf[pos : pos + 4]), int.from_bytes(buf[pos + 4 : pos + 8], "little")
         body = pos + 8
         if found is not None:  # after the audio: only a second fmt/data chunk matters

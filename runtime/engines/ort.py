@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.engines.base import OUTPUT, Engine, parse_device, tf32_setting
-from runtime.errors import EngineUnavailableError
+from runtime.errors import EngineUnavailableError, ModelFolderError
 from runtime.spec import ModelSpec
 
 
@@ -75,7 +75,12 @@ class OrtEngine(Engine):
                     f"this onnxruntime has {', '.join(available)}. Use device='cpu' or engine='torch'."
                 )
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.Fail) as e:
+            raise ModelFolderError(f"{path}: ONNX Runtime {ort.__version__} cannot load this graph ({str(e)[:300]}); "
+                                   "copy it from the release, or re-export it") from e
         if kind == "cuda":
             require_cuda_provider(self.session, f"engine 'ort' ({precision})")
         self._version = ort.__version__

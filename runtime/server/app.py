@@ -1,31 +1,33 @@
-"""The HTTP application: routes, auth, JSON errors, and the request path of
-``POST /v1/recognize`` (parse -> limits -> decode on a thread -> batcher -> JSON).
+"""The HTTP application: routes, access checks (Host, Origin, API key), JSON errors, and
+the request path of ``POST /v1/recognize`` (parse -> limits -> decode on a thread ->
+batcher -> JSON).
 
 ``create_app(recognizer, config)`` returns an ``aiohttp`` application; ``runtime.server.runner``
-serves it. Nothing here blocks the event loop: decoding runs on a small thread pool and
-inference on the batcher's worker thread.
+serves it. Nothing here blocks the event loop for long: decoding runs on a small thread
+pool, inference on the batcher's worker thread, and bodies are bounded before they are
+parsed (``runtime.server.forms``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
-import hmac
 import logging
+import os
 import time
 
 from aiohttp import web
 
 from runtime.recognizer import EmotionRecognizer
-from runtime.server import demo, limits, openapi
+from runtime.server import access, demo, forms, limits, openapi
 from runtime.server.limits import ApiError, ServeConfig
-from runtime.server.state import STATE, ServerState, json_response, result_body
+from runtime.server.state import STATE, ServerState, json_response, result_body, time_limit
 from runtime.server.stream import stream
 from runtime.server.vad import SileroVad, VadConfig
 
 logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # the status recorded (nginx's convention) for a request whose client went away mid-request
 
 
 def endpoint_of(request: web.Request) -> str:
@@ -37,113 +39,83 @@ def endpoint_of(request: web.Request) -> str:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Auth, JSON errors, request counting and the in-flight gauge."""
+    """Host, Origin and API-key checks, JSON errors, request counting, the in-flight gauge,
+    and the connection's state for the connection guard."""
     state = request.app[STATE]
+    state.connections.reading(request.transport)
     counted = request.path != "/v1/stream"  # open streams have their own gauge
     state.in_flight += counted
     status = 500
+    cors = None
     try:
-        key = state.config.api_key
-        if key and request.path != "/healthz" and not demo.is_page_path(request.path):
-            given = request.headers.get("Authorization", "")
-            if not given and request.path == "/v1/stream":  # a browser WebSocket sends it as a subprotocol
-                given = demo.bearer_from_subprotocol(request)
-            # surrogatepass: a header's undecodable bytes arrive as lone surrogates
-            # the scheme name is case-insensitive (RFC 9110 11.1), the key is not
-            if not (given[:7].lower() == "bearer " and hmac.compare_digest(given[7:].encode("utf-8", "surrogatepass"), key.encode())):
-                raise ApiError(401, "unauthorized", "missing or wrong API key; send 'Authorization: Bearer <key>'",
-                               headers={"WWW-Authenticate": "Bearer"})
-        response = await handler(request)
-        status = response.status
-        return response
+        access.check_host(request, state.config)
+        cors = access.check_origin(request, state.config)
+        if cors and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = access.preflight(request, cors)
+        else:
+            access.check_api_key(request, state.config.api_key)
+            response = await handler(request)
     except ApiError as e:
-        status = e.status
-        return json_response(e.body(), e.status, e.headers)
-    except web.HTTPRequestEntityTooLarge as e:
-        status = 413
-        err = limits.body_too_large(state.config.max_body_bytes, getattr(e, "actual_size", None))
-        return json_response(err.body(), 413)
+        response = json_response(e.body(), e.status, e.headers)
     except web.HTTPException as e:
-        status = e.status
         if e.status < 400:
             raise
-        return json_response({"error": {"code": e.reason.lower().replace(" ", "_"), "message": e.text or e.reason}}, e.status,
-                            {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")})
+        response = json_response({"error": {"code": e.reason.lower().replace(" ", "_"), "message": e.text or e.reason}},
+                                 e.status, {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")})
+    except ConnectionError as e:  # the client closed the connection mid-request: nobody to answer
+        logger.info("%s %s: the client went away (%s)", request.method, request.path, e)
+        response = web.Response(status=CLIENT_CLOSED)
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response({"error": {"code": "internal_error", "message": "internal server error"}}, 500)
+        response = json_response({"error": {"code": "internal_error", "message": "internal server error"}}, 500)
     finally:
         state.in_flight -= counted
-        endpoint = endpoint_of(request)
-        if endpoint != "/v1/stream":  # the stream counts its segments itself
-            state.metrics.requests.inc(endpoint, str(status))
+        state.connections.working(request.transport)  # answering; waiting for the next request once written
+    status = response.status
+    endpoint = endpoint_of(request)
+    if endpoint != "/v1/stream" or status != 101:  # an open stream counts its segments itself
+        state.metrics.requests.inc(endpoint, str(status))
+    if cors and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = cors
+        response.headers["Vary"] = "Origin"
+    return response
 
 
 # ----------------------------------------------------------------------- handlers
 
 
-async def read_request(request: web.Request, max_bytes: int) -> tuple[bytes | None, object]:
-    """(audio bytes or None, text or None) from a multipart or JSON body."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise limits.body_too_large(max_bytes, request.content_length)
-    ctype = request.content_type
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: text-only forms
-        try:
-            form = await request.post()
-        except UnicodeDecodeError as e:  # a part without filename or type is text: curl -F 'audio=<clip.wav'
-            raise ApiError(400, "invalid_form", f"a form field is not UTF-8 text ({e}); send audio as a file part, "
-                           "e.g. curl -F 'audio=@clip.wav' (or -F 'audio=<clip.wav;type=audio/wav')") from e
-        # ValueError: no or wrong boundary, a truncated body; LookupError: an unknown charset;
-        # RuntimeError: an unknown Content-Transfer-Encoding
-        except (ValueError, LookupError, RuntimeError) as e:
-            raise ApiError(400, "invalid_form", f"body is not a valid {ctype} form: {e}") from e
-        for field in ("audio", "text"):
-            if len(form.getall(field, [])) > 1:
-                raise ApiError(400, "invalid_form", f"the form has {len(form.getall(field))} '{field}' fields; send one")
-        audio = form.get("audio")
-        text = form.get("text")
-        if isinstance(audio, str):
-            raise ApiError(400, "bad_request", "the 'audio' field must be a file upload (WAV, FLAC or OGG)")
-        if isinstance(audio, (bytes, bytearray)):
-            # a part without a filename (aiohttp gives its bytes); empty, it is a browser's
-            # empty file input (filename="" and no bytes): no audio
-            audio = bytes(audio) or None
-        elif audio is not None:
-            audio = audio.file.read()  # a named file, empty or not, goes to the decoder
-        if text is not None and not isinstance(text, str):
-            raise ApiError(400, "invalid_text", "the 'text' field must be a plain form field, not a file")
-        return audio, text
-    if ctype == "application/json":
-        body = limits.parse_json(await request.read())
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "body must be a JSON object {\"audio_b64\": ..., \"text\": ...}")
-        audio_b64 = body.get("audio_b64")
-        audio = None
-        if audio_b64 is not None:
-            if not isinstance(audio_b64, str):
-                raise ApiError(400, "invalid_base64", "audio_b64 must be a base64 string")
-            try:
-                audio = base64.b64decode(audio_b64, validate=True)
-            except (binascii.Error, ValueError) as e:
-                raise ApiError(400, "invalid_base64", f"audio_b64 is not valid base64: {e}") from e
-        return audio, body.get("text")
-    raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype or 'none'} is not accepted; send multipart/form-data "
-                   "(fields 'audio', 'text') or application/json ({\"audio_b64\", \"text\"})")
+async def defer_expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered by ``recognize`` once the request passed its
+    checks, so a refused upload is refused before the client sends its body."""
 
 
 async def recognize(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    cfg = state.config
     start = time.perf_counter()
-    deadline = time.monotonic() + state.config.timeout_s
-    try:  # a client that sends its body slowly gets the same deadline as everyone
-        audio, text = await asyncio.wait_for(read_request(request, state.config.max_body_bytes), state.config.timeout_s)
-    except asyncio.TimeoutError as e:
-        raise ApiError(408, "request_timeout", f"the request body did not arrive within {state.config.timeout_s:g} s",
-                       "timeout_s", state.config.timeout_s) from e
-    text = limits.check_text(text, state.max_text_chars)
-    if audio is None and text is None:
-        raise ApiError(400, "missing_input", "send an 'audio' file, a 'text' field, or both")
-    item, decode_s = await state.prepare(audio, text, deadline=deadline)
+    deadline = time.monotonic() + cfg.timeout_s
+    if request.content_length is not None and request.content_length > cfg.max_body_bytes:
+        raise limits.body_too_large(cfg.max_body_bytes, request.content_length)
+    expect = request.headers.get("Expect")
+    if expect is not None:
+        if expect.lower() != "100-continue":
+            raise ApiError(417, "expectation_failed", f"Expect: {expect[:100]} is not supported; send 100-continue or nothing")
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the response proper has not started
+    async with state.bodies.reservation() as room:  # the body's bytes count until its audio is decoded
+        try:  # a client that sends its body slowly gets the same deadline as everyone
+            async with time_limit(cfg.timeout_s):
+                audio, text = await forms.read_request(request, cfg.max_body_bytes, limits.json_values_limit(state.max_text_chars), room)
+        except asyncio.TimeoutError as e:
+            raise ApiError(408, "request_timeout", f"the request body did not arrive within {cfg.timeout_s:g} s",
+                           "timeout_s", cfg.timeout_s) from e
+        state.connections.working(request.transport)
+        text = limits.check_text(text, state.max_text_chars)
+        if audio is None and text is None:
+            raise ApiError(400, "missing_input", "send an 'audio' file, a 'text' field, or both")
+        item, decode_s = await state.prepare(audio, text, deadline=deadline)
+        del audio
     result = await state.infer(item, deadline)
     total_s = time.perf_counter() - start
     state.metrics.stage.observe(total_s, "total")
@@ -164,7 +136,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     cfg = state.config
-    body = state.recognizer.describe()
+    body = without_paths(state.recognizer.describe())
     body["server"] = {
         "max_batch": cfg.max_batch,
         "max_delay_ms": cfg.max_delay_ms,
@@ -177,6 +149,18 @@ async def model(request: web.Request) -> web.Response:
                    "vad": state.vad_config.__dict__ if state.vad_config is not None else None},
     }
     return json_response(body)
+
+
+def without_paths(value: object) -> object:
+    """``value`` with every absolute file path replaced by its last component: where the
+    model lives on this machine is nobody's business but the operator's."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.basename(value.rstrip("/\\")) or value
+    return value
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -218,7 +202,7 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
     app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body_bytes)
     state = ServerState(recognizer, config, vad, vad_config)
     app[STATE] = state
-    app.router.add_post("/v1/recognize", recognize)
+    app.router.add_post("/v1/recognize", recognize, expect_handler=defer_expect)
     app.router.add_get("/v1/stream", stream)
     app.router.add_get("/v1/model", model)
     app.router.add_get("/healthz", healthz)
@@ -236,9 +220,7 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
             state.ready = True
 
     async def on_shutdown(app: web.Application) -> None:
-        # Stops accepting work: /readyz turns 503; open streams are flushed and closed.
-        state.ready = False
-        await asyncio.gather(*(s.finish(1001) for s in list(state.streams)), return_exceptions=True)
+        await state.stop_accepting()
 
     async def on_cleanup(app: web.Application) -> None:
         task = app.get(WARMUP)
@@ -247,6 +229,7 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
         await state.batcher.drain(config.drain_timeout_s)
         await state.batcher.close()
         state.pool.shutdown(wait=False, cancel_futures=True)
+        state.vad_pool.shutdown(wait=False, cancel_futures=True)
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

@@ -72,7 +72,8 @@ class Batcher:
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
-        self._queue: collections.deque[Job] = collections.deque()
+        self._queue: collections.deque[Job] = collections.deque()  # requests: batched first
+        self._later: collections.deque[Job] = collections.deque()  # background work (stream utterances)
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotech-infer")
@@ -83,7 +84,7 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Items waiting for an engine call (queued or in the batch being formed)."""
-        return len(self._queue) + len(self._forming)
+        return len(self._queue) + len(self._later) + len(self._forming)
 
     @property
     def pending(self) -> int:
@@ -95,8 +96,10 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="emotech-batcher")
 
-    def submit(self, item: Item) -> asyncio.Future:
-        """Queue ``item``; the future resolves to a ``BatchResult``.
+    def submit(self, item: Item, background: bool = False) -> asyncio.Future:
+        """Queue ``item``; the future resolves to a ``BatchResult``. ``background`` items
+        (a stream's utterances) join a batch only after every waiting foreground one, so a
+        busy stream never queues ahead of a request.
 
         Raises:
             QueueFullError: ``max_queue`` items are already waiting.
@@ -107,7 +110,7 @@ class Batcher:
             batches_ahead = self.depth / self.max_batch + 1
             raise QueueFullError(self.depth, max(1, round(batches_ahead * self._mean_batch_s + 0.5)))
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append(Job(item, fut))
+        (self._later if background else self._queue).append(Job(item, fut))
         self._arrived.set()
         return fut
 
@@ -130,9 +133,10 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        leftover = self._forming + list(self._queue)
+        leftover = self._forming + list(self._queue) + list(self._later)
         self._forming = []
         self._queue.clear()
+        self._later.clear()
         for job in leftover:
             if not job.future.done():
                 job.future.set_exception(BatcherClosedError("the server shut down before this item ran"))
@@ -141,16 +145,20 @@ class Batcher:
     async def _collect(self) -> None:
         assert self._arrived is not None
         loop = asyncio.get_running_loop()
-        queue, arrived = self._queue, self._arrived
+        queue, later, arrived = self._queue, self._later, self._arrived
+
+        def take() -> Job:
+            return queue.popleft() if queue else later.popleft()
+
         while True:
-            while not queue:
+            while not queue and not later:
                 arrived.clear()
                 await arrived.wait()
-            jobs = self._forming = [queue.popleft()]
+            jobs = self._forming = [take()]
             deadline = loop.time() + self.max_delay
             while len(jobs) < self.max_batch:
-                if queue:
-                    jobs.append(queue.popleft())
+                if queue or later:
+                    jobs.append(take())
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -125,7 +125,8 @@ def resident_memory_bytes() -> float:
 class Metrics:
     """The server's metrics; ``render()`` is the body of ``GET /metrics``."""
 
-    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]):
+    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float],
+                 open_connections: Callable[[], float] = lambda: 0.0):
         self.requests = Counter("emotech_requests_total", "HTTP and stream requests by endpoint and status code", ("endpoint", "status"))
         self.stage = Histogram(
             "emotech_stage_seconds", "Latency per stage: decode, queue, infer, total (seconds)", LATENCY_BUCKETS, ("stage",)
@@ -136,9 +137,12 @@ class Metrics:
         self.queue_depth = Gauge("emotech_queue_depth", "Items waiting for a batch", queue_depth)
         self.in_flight = Gauge("emotech_in_flight_requests", "Requests being handled", in_flight)
         self.streams = Gauge("emotech_open_streams", "Open /v1/stream connections")
+        self.connections = Gauge("emotech_open_connections", "Open HTTP and WebSocket connections", open_connections)
+        self.connections_closed = Counter("emotech_connections_closed_total", "Connections the server closed or refused: "
+                                          "header_timeout, idle, evicted (at max_connections), refused (all busy)", ("reason",))
         self.rss = Gauge("process_resident_memory_bytes", "Resident memory size in bytes", resident_memory_bytes)
         self._all = (self.requests, self.stage, self.batch_size, self.batch_failures, self.segments, self.queue_depth,
-                     self.in_flight, self.streams, self.rss)
+                     self.in_flight, self.streams, self.connections, self.connections_closed, self.rss)
 
     def render(self) -> str:
         lines = []

@@ -73,15 +73,25 @@ def schema() -> dict:
                 }},
                 "responses": {
                     "200": {"description": "the prediction", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}}},
-                    "400": _error("malformed request: no input, bad JSON, form or base64, text not a string"),
+                    "400": _error("malformed request: no input; bad JSON (also more arrays, objects and commas than a "
+                                  "request can need), form (malformed part headers, more than 16 parts, repeated fields) "
+                                  "or base64; a body whose Content-Encoding does not decode; text not a string"),
                     "401": _error("missing or wrong API key"),
+                    "403": _error("a Host the server does not answer for (a loopback server answers loopback names and "
+                                  "--allow-host), or a web page Origin other than the server's own and --allow-origin"),
                     "408": _error("the request body did not arrive within timeout_s"),
                     "413": _error("a limit was exceeded: max_body_bytes, max_audio_seconds, max_decoded_samples or max_text_chars"),
-                    "415": _error("undecodable audio (also zero bytes of it), or a Content-Type other than multipart/form-data or application/json"),
-                    "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a bad "
-                                  "sample rate; text that is not valid Unicode, or without words and no audio"),
+                    "415": _error("undecodable audio (also zero bytes of it, a WAV of more than 256 chunks, a chained Ogg "
+                                  "file), or a Content-Type other than multipart/form-data, application/json or a "
+                                  "text-only application/x-www-form-urlencoded form"),
+                    "417": _error("an Expect header other than 100-continue (which is answered once the request passed "
+                                  "its checks, so a refused upload is refused before its body is sent)"),
+                    "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a "
+                                  "sample rate outside 4000-1000000 Hz; text that is not valid Unicode, or without "
+                                  "words and no audio"),
                     "500": _error("the engine failed on this request's batch, or the server's speech recogniser failed (transcription_failed)"),
-                    "503": _error("queue full (see Retry-After) or shutting down"),
+                    "503": _error("queue full (see Retry-After), shutting down, or max_connections connections open "
+                                  "and all busy"),
                     "504": _error("no result within timeout_s"),
                 },
             }},
@@ -101,9 +111,13 @@ def schema() -> dict:
                     "\"modality_scores\":{\"audio\":scores of the audio alone,\"text\":scores of the transcript alone or null}} "
                     "or {\"type\":\"error\",...}, and finally {\"type\":\"done\",\"segments\":N} before closing. With "
                     "--api-key, a browser (which cannot set headers on a WebSocket) offers the subprotocols \"emotech.v1\" and "
-                    "\"emotech.key.<base64url of the key, no padding>\"; the server selects \"emotech.v1\"."),
+                    "\"emotech.key.<base64url of the key, no padding>\"; the server selects \"emotech.v1\". Limits: frames of "
+                    "at most max_frame_bytes (else close 1009); at most max_stream_pending utterances in recognition "
+                    "(further frames wait); audio faster than stream_speed x real time is slowed, and closed (too_fast, "
+                    "1008) after 10 s of it; no frame for stream_idle_s: an idle_timeout error and close 1008."),
                 "responses": {"101": {"description": "switching protocols"}, "401": _error("missing or wrong API key"),
-                              "503": _error("no VAD available")},
+                              "403": _error("a web page Origin other than the server's own and --allow-origin"),
+                              "503": _error("no VAD available, max_streams streams open (see Retry-After), or shutting down")},
             }},
             "/": {"get": {"summary": "The live demo page (no auth; off with --no-demo): microphone to /v1/stream in the browser",
                           "security": [],

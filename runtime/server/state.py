@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import sys
 import time
 
 import numpy as np
@@ -18,11 +19,25 @@ from runtime.errors import EmotionError
 from runtime.recognizer import EmotionRecognizer, Item
 from runtime.server import limits
 from runtime.server.batcher import Batcher, BatcherClosedError, BatchResult, QueueFullError
+from runtime.server.connections import ConnectionGuard
+from runtime.server.forms import BodyBudget
 from runtime.server.limits import ApiError, ServeConfig
 from runtime.server.metrics import Metrics
 from runtime.server.vad import SileroVad, VadConfig
 
 logger = logging.getLogger(__name__)
+
+
+def time_limit(seconds: float | None):
+    """A deadline for the awaits inside ``async with`` (``asyncio.TimeoutError`` after it).
+    Unlike ``asyncio.wait_for`` it wraps nothing in a task: a task that failed holds its
+    exception, whose traceback holds the task, and that cycle would keep a refused 10-MB
+    body alive until the next cyclic garbage collection."""
+    if sys.version_info >= (3, 11):
+        return asyncio.timeout(seconds)
+    import async_timeout  # aiohttp's dependency before Python 3.11
+
+    return async_timeout.timeout(seconds)
 
 
 class ServerState:
@@ -37,11 +52,27 @@ class ServerState:
         self.max_audio_seconds = min(config.max_audio_seconds or spec.frontend.max_audio_seconds, spec.frontend.max_audio_seconds)
         self.max_text_chars = min(config.max_text_chars or spec.max_text_chars, spec.max_text_chars)
         self.in_flight = 0
-        self.metrics = Metrics(queue_depth=lambda: self.batcher.depth, in_flight=lambda: self.in_flight)
+        self.closing = False  # set when the server begins to shut down
+        self.metrics = Metrics(queue_depth=lambda: self.batcher.depth, in_flight=lambda: self.in_flight,
+                               open_connections=lambda: self.connections.open)
+        self.connections = ConnectionGuard(config.max_connections, config.header_timeout_s, config.keepalive_s,
+                                           on_close=lambda reason: self.metrics.connections_closed.inc(reason))
         self.batcher = Batcher(recognizer, config.max_batch, config.max_delay_ms, config.max_queue, self.metrics)
         self.pool = concurrent.futures.ThreadPoolExecutor(config.decode_threads, thread_name_prefix="emotech-decode")
+        # the streams' voice-activity detection: its own thread, so a busy stream never
+        # queues ahead of a request's decoding
+        self.vad_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emotech-vad")
         self.ready = False  # set after warm-up, cleared when draining
         self.streams: set = set()  # open StreamSession objects
+        self.bodies = BodyBudget(config.max_pending_body_bytes)  # request bodies held at once
+        self.stream_slots = 0  # /v1/stream handshakes and open streams (at most config.max_streams)
+
+    async def stop_accepting(self) -> None:
+        """The first step of a shutdown: ``/readyz`` turns 503, new streams are refused, and
+        open streams are flushed (their last utterance answered) and closed."""
+        self.ready = False
+        self.closing = True
+        await asyncio.gather(*(s.finish(1001) for s in list(self.streams)), return_exceptions=True)
 
     async def prepare(self, audio: bytes | np.ndarray | None, text: str | None, sample_rate: int | None = None,
                       deadline: float | None = None) -> tuple[Item, float]:
@@ -52,9 +83,9 @@ class ServerState:
             if audio is None:
                 item = self.recognizer.prepare(None, text)
             else:
-                job = asyncio.get_running_loop().run_in_executor(self.pool, self._prepare_audio, audio, text, sample_rate)
                 timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                item = await asyncio.wait_for(job, timeout)
+                async with time_limit(timeout):
+                    item = await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare_audio, audio, text, sample_rate)
         except EmotionError as e:
             raise limits.from_emotion_error(e) from e
         except asyncio.TimeoutError as e:
@@ -65,21 +96,22 @@ class ServerState:
         return item, decode_s
 
     def _prepare_audio(self, audio: bytes | np.ndarray, text: str | None, sample_rate: int | None) -> Item:
-        """The decode pool's job: the header checks of encoded audio, then ``prepare``."""
-        if isinstance(audio, (bytes, bytearray)):
-            limits.check_audio_duration(bytes(audio), self.max_audio_seconds)
-        return self.recognizer.prepare(audio, text, sample_rate)
+        """The decode pool's job: decode encoded audio (its header read once: a clip over
+        ``max_audio_seconds`` is refused undecoded), then ``prepare`` the mono clip."""
+        return self.recognizer.prepare(audio, text, sample_rate, max_seconds=self.max_audio_seconds)
 
-    async def infer(self, item: Item, deadline: float) -> BatchResult:
-        """Queue ``item`` for the next batch and wait for its result until ``deadline``
+    async def infer(self, item: Item, deadline: float, background: bool = False) -> BatchResult:
+        """Queue ``item`` for the next batch (``background``: after every waiting request; a
+        stream's utterances) and wait for its result until ``deadline``
         (``time.monotonic()``); raises ``ApiError`` 503 / 504 / 500."""
         try:
-            fut = self.batcher.submit(item)
+            fut = self.batcher.submit(item, background)
         except QueueFullError as e:
             raise ApiError(503, "queue_full", str(e), "max_queue", self.config.max_queue,
                            headers={"Retry-After": str(e.retry_after_s)}) from e
         try:
-            result = await asyncio.wait_for(fut, max(deadline - time.monotonic(), 0.0))
+            async with time_limit(max(deadline - time.monotonic(), 0.0)):
+                result = await fut
         except asyncio.TimeoutError as e:
             raise ApiError(504, "timeout", f"no result within {self.config.timeout_s:g} s", "timeout_s", self.config.timeout_s) from e
         except BatcherClosedError as e:

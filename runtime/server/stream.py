@@ -17,6 +17,15 @@ Protocol (all JSON messages are text frames):
 * after ``end`` (or when the server shuts down): the last utterance is closed, every
   pending result is sent, then ``{"type": "done", "segments": N}`` and the socket closes.
 
+Limits (``ServeConfig``): at most ``max_streams`` open streams (then 503 before the
+upgrade); frames of at most ``max_frame_bytes`` (a larger one closes the socket with
+1009); text frames of at most ``text_frame_limit`` characters; at most
+``max_stream_pending`` utterances of one stream in recognition at a time, and audio at
+``stream_speed`` times real time on average after a first ``BURST_SECONDS`` (the server
+reads no further frames meanwhile, so a fast sender is slowed, not queued); a stream that sends nothing for ``stream_idle_s`` gets an ``idle_timeout``
+error and is closed with 1008, and one held back by ``stream_speed`` for
+``MAX_THROTTLED_S`` without a break gets a ``too_fast`` error and is closed with 1008.
+
 Utterances are found by Silero VAD (``runtime.server.vad``); their recognition goes
 through the same batcher as ``/v1/recognize``.
 """
@@ -26,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 
 import numpy as np
@@ -43,6 +53,22 @@ from runtime.server.vad import SAMPLE_RATE, WINDOW, Segment, Segmenter, pcm16_to
 logger = logging.getLogger(__name__)
 ENDPOINT = "/v1/stream"
 SUBPROTOCOL = "emotech.v1"  # the WebSocket subprotocol the server selects when a client offers it
+IDLE_CLOSE_CODE = 1008  # policy violation: nothing sent for stream_idle_s, or too fast for too long
+BURST_SECONDS = 10.0  # audio a stream may send at once, beyond its stream_speed pace
+# Seconds a stream may be held back without a break before it is closed: a sender that is
+# always ahead of stream_speed (or that sent a burst and hung up, leaving megabytes in the
+# socket buffers for the server to pace through) would otherwise keep its slot for minutes.
+MAX_THROTTLED_S = 10.0
+
+
+class TooFast(Exception):
+    """The stream kept ahead of ``stream_speed`` for ``MAX_THROTTLED_S``."""
+
+
+def text_frame_limit(max_text_chars: int) -> int:
+    """Characters a text frame may have: a transcript of ``max_text_chars`` characters,
+    each JSON-escaped to at most 6 (``\\uXXXX``), and the message around it."""
+    return 6 * max_text_chars + 256
 
 
 class StreamSession:
@@ -55,6 +81,11 @@ class StreamSession:
         self.text: list[str] = []  # transcript for the utterance in progress
         self.tasks: set[asyncio.Task] = set()
         self.count = 0
+        # utterances of this stream in recognition at once (queued for the batcher or in it)
+        self._recognizing = asyncio.Semaphore(state.config.max_stream_pending)
+        self._allowance = BURST_SECONDS * SAMPLE_RATE  # samples the stream may send now (see _pace)
+        self._paced_at = asyncio.get_running_loop().time()
+        self._throttled_since: float | None = None  # when the stream began to be held back without a break
         self._send_lock = asyncio.Lock()
         self._vad_lock = asyncio.Lock()  # feed() and flush() may come from two tasks (run, shutdown)
         self._finished = asyncio.Event()
@@ -76,10 +107,21 @@ class StreamSession:
                     pass  # the client went away; its results have nowhere to go
 
     async def run(self) -> None:
+        cfg = self.state.config
         await self.send({"type": "ready", "sample_rate": SAMPLE_RATE, "window": WINDOW})
-        max_samples = int(self.state.config.max_stream_seconds * SAMPLE_RATE)
+        max_samples = int(cfg.max_stream_seconds * SAMPLE_RATE)
         while not self._finishing:
-            msg = await self.ws.receive()
+            # no frame is read while max_stream_pending utterances wait for results
+            while len(self.tasks) >= cfg.max_stream_pending:
+                await asyncio.wait(list(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                msg = await self.ws.receive(timeout=cfg.stream_idle_s)
+            except asyncio.TimeoutError:
+                await self.send({"type": "error", "error": {"code": "idle_timeout", "message": (
+                    f"no frame for {cfg.stream_idle_s:g} s; the stream is closed"), "limit": "stream_idle_s",
+                    "max": cfg.stream_idle_s}})
+                await self.finish(IDLE_CLOSE_CODE)
+                return
             if msg.type == WSMsgType.BINARY:
                 try:
                     samples = pcm16_to_float(msg.data)
@@ -90,21 +132,62 @@ class StreamSession:
                 arriving = samples.size * SAMPLE_RATE // self.options.sample_rate  # at 16 kHz
                 if self.segmenter.position + arriving > max_samples:
                     await self.send({"type": "error", "error": {"code": "stream_too_long", "message": (
-                        f"a stream may carry at most {self.state.config.max_stream_seconds:g} s of audio; reconnect"),
-                        "limit": "max_stream_seconds", "max": self.state.config.max_stream_seconds}})
+                        f"a stream may carry at most {cfg.max_stream_seconds:g} s of audio; reconnect"),
+                        "limit": "max_stream_seconds", "max": cfg.max_stream_seconds}})
                     break
+                try:
+                    await self._pace(arriving)
+                except TooFast:
+                    await self.send({"type": "error", "error": {"code": "too_fast", "message": (
+                        f"the stream sent audio faster than {cfg.stream_speed:g} x real time for over {MAX_THROTTLED_S:g} s; "
+                        "send it at most that fast (or use /v1/recognize for recordings)"), "limit": "stream_speed",
+                        "max": cfg.stream_speed}})
+                    await self.finish(IDLE_CLOSE_CODE)
+                    return
                 self.schedule(await self.segment(self._feed, samples))
             elif msg.type == WSMsgType.TEXT:
                 await self.on_text(msg.data)
                 if self._finishing:
                     break
-            else:  # CLOSE, CLOSING, CLOSED, ERROR: the client is gone or leaving
+            else:  # CLOSE, CLOSING, CLOSED, ERROR (a frame over max_frame_bytes): the client is gone or leaving
                 break
         await self.finish(self._close_code)
 
+    async def _pace(self, n: int) -> None:
+        """Hold a stream to ``stream_speed`` times real time on average (bursts of up to
+        ``BURST_SECONDS`` of audio pass at once): the stream is not read while it waits, so
+        a sender faster than that is slowed by TCP, and the streams together cost the
+        server at most ``max_streams * stream_speed`` seconds of audio per second. Raises
+        ``TooFast`` once it has been held back for ``MAX_THROTTLED_S`` without a break."""
+        speed = self.state.config.stream_speed
+        if not speed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        rate = speed * SAMPLE_RATE
+        self._allowance = min(BURST_SECONDS * SAMPLE_RATE, self._allowance + (now - self._paced_at) * rate)
+        self._paced_at = now
+        if self._allowance < n:
+            if self._throttled_since is None:
+                self._throttled_since = now
+            elif now - self._throttled_since > MAX_THROTTLED_S:
+                raise TooFast
+            await asyncio.sleep((n - self._allowance) / rate)
+            self._paced_at = loop.time()
+            self._allowance = n
+        else:
+            self._throttled_since = None
+        self._allowance -= n
+
     async def on_text(self, data: str) -> None:
+        limit = text_frame_limit(self.state.max_text_chars)
+        if len(data) > limit:
+            await self.send({"type": "error", "error": {"code": "bad_message", "message": (
+                f"a text frame of {len(data)} characters; at most {limit} are accepted"), "limit": "max_text_chars",
+                "max": self.state.max_text_chars}})
+            return
         try:
-            body = limits.parse_json(data)
+            body = limits.parse_json(data, limits.json_values_limit(self.state.max_text_chars))
             kind = body.get("type") if isinstance(body, dict) else None
         except ApiError:
             kind = None
@@ -153,9 +236,9 @@ class StreamSession:
             self.text = [" ".join(self.text)[-limit:]]
 
     async def segment(self, fn, *args) -> list[Segment]:
-        """Run the resampler and VAD (``_feed`` or ``_flush``) on the decode pool, one call at a time."""
+        """Run the resampler and VAD (``_feed`` or ``_flush``) on the VAD thread, one call at a time."""
         async with self._vad_lock:
-            return await asyncio.get_running_loop().run_in_executor(self.state.pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.state.vad_pool, fn, *args)
 
     def schedule(self, segments: list[Segment]) -> None:
         loop = asyncio.get_running_loop()
@@ -189,16 +272,18 @@ class StreamSession:
         head = {"type": "result", "segment": seg.index, "start_s": round(seg.start_s, 3), "end_s": round(seg.end_s, 3)}
         try:
             text = limits.check_text(text, self.state.max_text_chars)  # at most max_text_chars: _cap_text
-            item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
-            if self.options.per_modality and item.text is not None:
-                # the fused item and each modality alone, submitted together: one batch
-                result, audio_only, text_only = await asyncio.gather(
-                    self.state.infer(item, deadline), self.state.infer(Item(item.audio, None), deadline),
-                    self.state.infer(Item(None, item.text, item.text_source), deadline))
-                per_modality = {"audio": audio_only.prediction.scores, "text": text_only.prediction.scores}
-            else:
-                result = await self.state.infer(item, deadline)
-                per_modality = {"audio": result.prediction.scores, "text": None}
+            async with self._recognizing:
+                item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
+                if self.options.per_modality and item.text is not None:
+                    # the fused item and each modality alone, submitted together: one batch
+                    result, audio_only, text_only = await asyncio.gather(
+                        self.state.infer(item, deadline, background=True),
+                        self.state.infer(Item(item.audio, None), deadline, background=True),
+                        self.state.infer(Item(None, item.text, item.text_source), deadline, background=True))
+                    per_modality = {"audio": audio_only.prediction.scores, "text": text_only.prediction.scores}
+                else:
+                    result = await self.state.infer(item, deadline, background=True)
+                    per_modality = {"audio": result.prediction.scores, "text": None}
         except ApiError as e:
             self.state.metrics.requests.inc(ENDPOINT, str(e.status))
             return {"type": "error", "segment": seg.index, "start_s": head["start_s"], "end_s": head["end_s"], "error": e.body()["error"]}
@@ -233,20 +318,46 @@ class StreamSession:
         await self.ws.close(code=code)
 
 
+def limit_receive_buffer(transport: asyncio.BaseTransport | None, size: int) -> None:
+    """Cap the kernel's receive buffer of a stream's socket at ``size`` bytes. A stream the
+    server paces (``_pace``) leaves its sender's audio in that buffer, and a client that
+    sends a burst and hangs up would hold its stream slot until the server has read all of
+    it: with Linux's autotuning up to 6 MB, minutes of audio."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:  # not a TCP socket (a test's pipe), or the platform refuses
+            pass
+
+
 async def stream(request: web.Request) -> web.WebSocketResponse:
     state = request.app[STATE]
+    cfg = state.config
     if state.vad is None:
         raise ApiError(503, "stream_unavailable", "this server runs without a voice-activity detector; /v1/stream is off")
-    # No permessage-deflate: max_msg_size bounds a message after decompression, so 10 kB of
-    # deflated zeros on the wire would cost the server the CPU of 10 MB of audio.
-    ws = web.WebSocketResponse(max_msg_size=state.config.max_body_bytes, heartbeat=30.0, compress=False, protocols=(SUBPROTOCOL,))
-    await ws.prepare(request)
-    session = StreamSession(state, ws)
-    state.streams.add(session)
-    state.metrics.streams.set(len(state.streams))
+    if state.closing:
+        raise ApiError(503, "shutting_down", "the server is shutting down")
+    if state.stream_slots >= cfg.max_streams:
+        raise ApiError(503, "too_many_streams", f"{cfg.max_streams} streams are open; retry later", "max_streams",
+                       cfg.max_streams, headers={"Retry-After": "5"})
+    state.stream_slots += 1  # taken before the first await: concurrent handshakes count
     try:
-        await session.run()
-    finally:
-        state.streams.discard(session)
+        # No permessage-deflate: max_msg_size bounds a message after decompression, so 10 kB of
+        # deflated zeros on the wire would cost the server the CPU of 10 MB of audio.
+        # aiohttp refuses a frame of max_msg_size bytes or more: one more lets max_frame_bytes through
+        ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes + 1, heartbeat=30.0, compress=False, protocols=(SUBPROTOCOL,))
+        await ws.prepare(request)
+        limit_receive_buffer(request.transport, 2 * cfg.max_frame_bytes)
+        state.connections.working(request.transport)
+        session = StreamSession(state, ws)
+        state.streams.add(session)
         state.metrics.streams.set(len(state.streams))
+        try:
+            await session.run()
+        finally:
+            state.streams.discard(session)
+            state.metrics.streams.set(len(state.streams))
+    finally:
+        state.stream_slots -= 1
     return ws
