@@ -60,7 +60,7 @@ from export.config import (
 )
 from export.model import EmoTech, FusedModel, ModelConfig, TextBlock
 from export.pairing import PairSampler, audio_order, cell_weights, fusion_target
-from export.selection import AudioPool, audio_logits, calibrate, text_logits, validation_score
+from export.selection import AudioPool, Calibration, audio_logits, calibrate, text_logits, validation_score
 from runtime.frontend import FrontendConfig
 from runtime.text import TextEncoder
 
@@ -274,10 +274,15 @@ def fit(cfg: TrainConfig, setup: Setup, labels: tuple[str, ...], checkpoint_dir:
     step = Step(cfg, setup, labels)
     sel, swa, t0 = Selection(), WeightAverage(), time.time()
     for epoch in range(cfg.epochs):
+        t_epoch, cpu_epoch = time.time(), time.process_time()
         run_loss = train_epoch(step, opt, sched, f"epoch {epoch + 1}/{cfg.epochs}")
+        t_val, cpu_val = time.time(), time.process_time()
         s, summary = validation_score(model, setup.encoder, pool, setup.text_val, labels, cfg.seed)
         sel.history.append({"epoch": epoch + 1, "loss": round(run_loss, 4), "score": round(s, 4), **summary})
-        logger.info("epoch %d: loss %.3f val %s score %.4f (%.0f s)", epoch + 1, run_loss, summary, s, time.time() - t0)
+        logger.info(
+            "epoch %d: loss %.3f val %s score %.4f (train %.1f s wall / %.1f s CPU, validation %.1f s / %.1f s CPU; %.0f s in all)",
+            epoch + 1, run_loss, summary, s, t_val - t_epoch, cpu_val - cpu_epoch, time.time() - t_val, time.process_time() - cpu_val, time.time() - t0,
+        )  # fmt: skip
         sel.offer(model, s, f"epoch {epoch + 1}")
         if cfg.swa_epochs and epoch >= cfg.epochs - cfg.swa_epochs:
             swa.add(model)
@@ -343,7 +348,7 @@ def train(
     )
     t0 = time.time()
     sel = fit(cfg, setup, labelset.labels, Path(checkpoint_dir) if checkpoint_dir else None)
-    temps = calibrate(setup.model, setup.encoder, setup.val_pool, setup.text_val, cfg.seed)
+    calibration = calibrate(setup.model, setup.encoder, setup.val_pool, setup.text_val, cfg.seed)
     donor = setup.donor
     training = {
         "labelset": labelset.name,
@@ -362,11 +367,11 @@ def train(
         "command": command,
         "train_seconds": round(time.time() - t0),
     }
-    return write_model_folder(setup.model, Path(out), labelset.labels, setup.tokenizer, cfg.max_tokens, temps, training)
+    return write_model_folder(setup.model, Path(out), labelset.labels, setup.tokenizer, cfg.max_tokens, calibration, training)
 
 
 def write_model_folder(
-    model: FusedModel, out: Path, labels: tuple[str, ...], tok_file: Path, max_tokens: int, temps: dict[str, float], training: dict
+    model: FusedModel, out: Path, labels: tuple[str, ...], tok_file: Path, max_tokens: int, calibration: Calibration, training: dict
 ) -> Path:
     """Weights, tokenizer, spec (calibration, ``training`` record, hashes) and the fused
     ONNX graph checked against PyTorch: a complete model folder."""
@@ -374,7 +379,8 @@ def write_model_folder(
         "calibration": {
             "method": "temperature",
             "fit_on": "validation split: audio on held-out speakers, text on the text corpus's dev set",
-            "temperature": temps,
+            "temperature": calibration.temperature,
+            "uncertain_below": calibration.uncertain_below,
         },
         "training": training,
     }
