@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.evaluate", description="Evaluate a model folder through the runtime API.", formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="folder for metrics.json, report.md and the confusion PNGs")
     p.add_argument("--model-dir", default=None, help="model folder (without it: the bundled weights)")
-    p.add_argument("--test-manifest", default=None, help="CSV path,label[,text][,speaker] with paths relative to its folder: evaluate on it instead of the named sets")
+    p.add_argument("--test-manifest", default=None, help="CSV path,label[,text][,speaker] with paths relative to its folder: evaluate on it (and on --sets only if given)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="with --test-manifest: which modes to evaluate (rows with audio, with text, with both)")
     p.add_argument(
         "--sets", nargs="+", choices=list(NAMED), default=None, metavar="SET",

@@ -339,13 +339,15 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     labelset = data.load_labelset(data_cfg.labelset)
+    t_setup, cpu_setup = time.time(), time.process_time()
     corpora = data.load_corpora(data_cfg, labelset)
     setup = build_setup(cfg, corpora, labelset.labels)
     counts = {c: sum(u.corpus == c for u in setup.train_pool.items) for c in data_cfg.audio_corpora}
     logger.info(
-        "audio train/val: %d/%d clips %s; text train/val: %d/%d; labels: %s",
+        "audio train/val: %d/%d clips %s; text train/val: %d/%d; labels: %s (loaded and decoded in %.1f s wall / %.1f s CPU)",
         len(setup.train_pool.items), len(setup.val_pool.items), counts, len(setup.text_train), len(setup.text_val), ", ".join(labelset.labels),
-    )
+        time.time() - t_setup, time.process_time() - cpu_setup,
+    )  # fmt: skip
     t0 = time.time()
     sel = fit(cfg, setup, labelset.labels, Path(checkpoint_dir) if checkpoint_dir else None)
     calibration = calibrate(setup.model, setup.encoder, setup.val_pool, setup.text_val, cfg.seed)
