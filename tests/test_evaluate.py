@@ -95,6 +95,15 @@ def test_usage_errors(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model-dir", str(tiny_model_dir), "--test-manifest", str(text_only), "--modes", "audio", "--out", str(tmp_path / "o")])
     assert "no rows to evaluate in mode(s) audio" in capsys.readouterr().err
+    (tmp_path / "quiet.wav").write_bytes(encode(np.zeros(16000, dtype=np.float32), 16000, "WAV"))
+    silent = tmp_path / "s.csv"
+    silent.write_text("path,label\nquiet.wav,neutral\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--model-dir", str(tiny_model_dir), "--test-manifest", str(silent), "--out", str(tmp_path / "o")])
+    assert e.value.code == 1 and "cannot evaluate: " in (err := capsys.readouterr().err) and "quiet.wav" in err and "silent" in err
+    with pytest.raises(SystemExit) as e:
+        main(["--model-dir", str(tmp_path / "nowhere"), "--test-manifest", str(silent), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "not a model folder" in capsys.readouterr().err
 
 
 def test_kiosk_requests_are_plain_requests_with_a_few_emotional_controls():

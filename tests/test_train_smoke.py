@@ -219,6 +219,9 @@ def test_cli_reports_a_bad_option_as_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path / "m"), "--augment-config", str(bad)])
     assert "unknown field(s) ['p_telefone']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an augmentation file given as the model config
+        train_main(["--out", str(tmp_path / "m"), "--model-config", str(REPO / "export" / "configs" / "augment" / "ood.json")])
+    assert "--model-config" in (err := capsys.readouterr().err) and "unknown field(s) ['drr_db_range'" in err
     with pytest.raises(SystemExit):  # test data is export.evaluate's, never training's
         train_main(["--out", str(tmp_path / "m"), "--test-manifest", "test.csv"])
     assert "unrecognized arguments: --test-manifest" in capsys.readouterr().err
