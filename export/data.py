@@ -164,9 +164,12 @@ def load_nemo(root: Path, labelset: LabelSet, speakers: Iterable[str] | None = N
     so it carries no emotion), which the English WordPiece tokenizer cannot read.
     """
     root = Path(root)
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no nEMO manifest at {manifest} (set data_root, audio_root or $EMOTECH_DATA_ROOT)")
     wanted = set(speakers) if speakers is not None else None
     items = []
-    with (root / "manifest.csv").open(encoding="utf-8", newline="") as fh:
+    with manifest.open(encoding="utf-8", newline="") as fh:
         for row in csv.DictReader(fh):
             if wanted is not None and row["speaker"] not in wanted:
                 continue

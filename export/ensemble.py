@@ -109,7 +109,7 @@ def build_ensemble(
         score, summary = validation_score(model, encoder, val_pool, text_val, labelset.labels, seed)
         validation[name] = {"score": round(score, 4), **summary}
         logger.info("%s: val %s score %.4f", name, summary, score)
-    temps = calibrate(ensemble, encoder, val_pool, text_val, seed)
+    calibration = calibrate(ensemble, encoder, val_pool, text_val, seed)
     training = {
         **{k: first.get("training", {}).get(k) for k in ("labelset", "audio_corpus", "text_corpus", "data", "audio_train_items", "audio_train_items_per_corpus", "text_train_items", "config", "augment")},
         "ensemble": {"members": [member_summary(d, s) for d, s in zip(dirs, specs)], "validation": validation},
@@ -118,7 +118,7 @@ def build_ensemble(
         "command": command,
         "train_seconds": sum(s.get("training", {}).get("train_seconds") or 0 for s in specs),
     }
-    return write_model_folder(ensemble, Path(out), tuple(first["labels"]), tok_file, max_tokens, temps, training)
+    return write_model_folder(ensemble, Path(out), tuple(first["labels"]), tok_file, max_tokens, calibration, training)
 
 
 def build_parser() -> argparse.ArgumentParser:

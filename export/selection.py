@@ -5,6 +5,7 @@ model-selection score and the per-mode temperature calibration (shared by
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,10 +13,11 @@ from tqdm import tqdm
 
 from export import data
 from export.config import TrainConfig
-from export.metrics import classification_report, fit_temperature
+from export.metrics import classification_report, fit_temperature, softmax, uncertain_threshold
 from export.model import FusedModel
 from runtime.audio import load_audio, pad_batch
 from runtime.frontend import FrontendConfig
+from runtime.postprocess import UNCERTAIN_BELOW
 from runtime.text import TextEncoder
 
 
@@ -100,12 +102,15 @@ def same_label_texts(audio_items, text_items, seed: int) -> list[str | None]:
 
 
 def validation_logits(model, encoder, pool: AudioPool, text_items, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Logits and labels per evaluation mode on a validation (or test) split."""
+    """Logits and labels per evaluation mode on a validation (or test) split: the clips
+    alone, the clips that have a transcript with it, every clip with a text of its label,
+    and the text items alone."""
     y_audio = np.array([u.label for u in pool.items])
     res = {"audio": (predict_logits(model, encoder, pool.clips), y_audio)}
-    own = [u.text for u in pool.items]
-    if any(t is not None for t in own):
-        res["audio+own_text"] = (predict_logits(model, encoder, pool.clips, own), y_audio)
+    with_text = [i for i, u in enumerate(pool.items) if u.text is not None]  # nEMO's clips carry none
+    if with_text:
+        own = predict_logits(model, encoder, [pool.clips[i] for i in with_text], [pool.items[i].text for i in with_text])
+        res["audio+own_text"] = (own, y_audio[with_text])
     if text_items:
         congruent = same_label_texts(pool.items, text_items, seed)
         res["audio+same_label_text"] = (predict_logits(model, encoder, pool.clips, congruent), y_audio)
@@ -139,11 +144,30 @@ def score(metrics: dict[str, dict]) -> float:
     return float(np.mean(parts))
 
 
-def calibrate(model: FusedModel, encoder: TextEncoder, pool: AudioPool, text_items, seed: int) -> dict[str, float]:
-    """Per-mode temperatures fitted on validation logits (audio, text, audio+text)."""
+class Calibration(NamedTuple):
+    """What ``spec.json`` records under ``calibration``, per mode (audio, text, audio+text)."""
+
+    temperature: dict[str, float]  # logits are divided by it before the softmax
+    uncertain_below: dict[str, float]  # calibrated top score under which a prediction is flagged uncertain
+
+
+def calibrate(model: FusedModel, encoder: TextEncoder, pool: AudioPool, text_items, seed: int) -> Calibration:
+    """Per-mode temperatures fitted on validation logits, and the ``uncertain`` thresholds
+    the calibrated validation scores give (``metrics.uncertain_threshold``; a mode without
+    validation items keeps the runtime's default)."""
     val = validation_logits(model, encoder, pool, text_items, seed)
+    paired_keys = [k for k in ("audio+own_text", "audio+same_label_text") if k in val]
+    by_mode = {"audio": val["audio"]}
+    if paired_keys:
+        by_mode["audio+text"] = (np.concatenate([val[k][0] for k in paired_keys]), np.concatenate([val[k][1] for k in paired_keys]))
+    if "text" in val:
+        by_mode["text"] = val["text"]
     temps = {"audio": fit_temperature(*val["audio"])}
-    paired = [val[k] for k in ("audio+own_text", "audio+same_label_text") if k in val]
-    temps["audio+text"] = fit_temperature(np.concatenate([p[0] for p in paired]), np.concatenate([p[1] for p in paired])) if paired else temps["audio"]
+    temps["audio+text"] = fit_temperature(*by_mode["audio+text"]) if "audio+text" in by_mode else temps["audio"]
     temps["text"] = fit_temperature(*val["text"]) if "text" in val else 1.0
-    return {k: round(v, 4) for k, v in temps.items()}
+    temps = {k: round(v, 4) for k, v in temps.items()}
+    below = dict(UNCERTAIN_BELOW)
+    for mode, (logits, y) in by_mode.items():
+        probs = softmax(logits, temps[mode])
+        below[mode] = uncertain_threshold(probs.max(axis=1), probs.argmax(axis=1) == y)
+    return Calibration(temps, below)

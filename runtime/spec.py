@@ -26,6 +26,7 @@ import numpy as np
 
 from runtime.errors import ModelFolderError
 from runtime.frontend import FrontendConfig
+from runtime.postprocess import UNCERTAIN_BELOW
 
 SPEC_FILE = "spec.json"
 FORMAT = "emotech-model/1"
@@ -49,6 +50,7 @@ class ModelSpec:
     temperature: dict[str, float]  # calibration temperature per mode (see MODES)
     files: dict[str, str]  # file -> sha256
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the whole spec.json
+    uncertain_below: dict[str, float] = field(default_factory=lambda: dict(UNCERTAIN_BELOW))  # per mode (see MODES)
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -189,6 +191,7 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
             temperature={m: float(raw.get("calibration", {}).get("temperature", {}).get(m, 1.0)) for m in MODES},
             files=dict(raw["files"]),
             raw=raw,
+            uncertain_below={m: float(raw.get("calibration", {}).get("uncertain_below", {}).get(m, UNCERTAIN_BELOW[m])) for m in MODES},
         )
     except ModelFolderError:
         raise
@@ -201,6 +204,9 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
     bad_t = {m: t for m, t in spec.temperature.items() if not 0 < t < math.inf}
     if bad_t:
         raise ModelFolderError(f"{spec_path} is malformed: calibration temperatures must be positive and finite, got {bad_t}")
+    bad_u = {m: u for m, u in spec.uncertain_below.items() if not 0 <= u <= 1}
+    if bad_u:
+        raise ModelFolderError(f"{spec_path} is malformed: calibration.uncertain_below must be scores in [0, 1], got {bad_u}")
     names = [spec.tokenizer_file, *spec.files, *(f for v in spec.graphs.values() for f in v.values()), *([raw["weights"]] if "weights" in raw else [])]
     outside = sorted({repr(n) for n in names if not _inside(n)})
     if outside:

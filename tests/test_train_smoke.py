@@ -144,7 +144,10 @@ def test_the_cli_only_adapts_its_options_to_train(tmp_path, tokenizer_file, tiny
 
     args = smoke_args(tmp_path, tokenizer_file, tiny_model_config_file)
     train_main([*args, "--out", str(tmp_path / "cli")])
-    get = lambda flag: args[args.index(flag) + 1]  # noqa: E731
+
+    def get(flag: str) -> str:
+        return args[args.index(flag) + 1]
+
     cfg = TrainConfig(epochs=2, swa_epochs=1, tokenizer=str(tokenizer_file), pretrained_embeddings=False, model=ModelConfig.from_dict(TINY_MODEL_CONFIG))
     data = DataConfig(audio_corpora=("manifest",), train_manifest=get("--train-manifest"), val_manifest=get("--val-manifest"), text_corpora=(), labelset=get("--labelset"))
     train(cfg, data, tmp_path / "api", threads=1)
@@ -157,8 +160,12 @@ def test_the_cli_only_adapts_its_options_to_train(tmp_path, tokenizer_file, tiny
 @pytest.mark.parametrize("module", ["export.train", "export.ensemble"])
 def test_out_is_required_and_help_names_the_module(module):
     """No entry point writes a model folder unless told where: without --out the command
-    stops before doing anything (it used to default to the shipped weights/emotech)."""
-    run = lambda *a: subprocess.run([sys.executable, "-m", module, *a], cwd=REPO, capture_output=True, text=True, timeout=120)  # noqa: E731
+    stops before doing anything (a default would let one forgotten flag overwrite the
+    shipped weights/emotech)."""
+
+    def run(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, *a], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
     done = run("--members", "a") if module == "export.ensemble" else run()
     assert done.returncode == 2 and "the following arguments are required: --out" in done.stderr
     helped = run("--help")
@@ -212,6 +219,13 @@ def test_cli_reports_a_bad_option_as_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path / "m"), "--augment-config", str(bad)])
     assert "unknown field(s) ['p_telefone']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an augmentation file given as the model config
+        train_main(["--out", str(tmp_path / "m"), "--model-config", str(REPO / "export" / "configs" / "augment" / "ood.json")])
+    assert "--model-config" in (err := capsys.readouterr().err) and "unknown field(s) ['drr_db_range'" in err
+    with pytest.raises(SystemExit):  # test data is export.evaluate's, never training's
+        train_main(["--out", str(tmp_path / "m"), "--test-manifest", "test.csv"])
+    assert "unrecognized arguments: --test-manifest" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_the_model_definition_imports_without_the_training_code(tiny_model_dir):
