@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                    epilog="example: python -m runtime.predict examples/espeak_angry_words.wav --json")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files (WAV, FLAC, OGG; any sample rate)")
     p.add_argument("--text", default=None, help="transcript used for every file (or alone, with no PATH)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores, transcript, transcript_source")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores, uncertain, transcript, transcript_source")
     add_asr_argument(p)
     cli.add_model_args(p)
     cli.add_logging_args(p)
@@ -34,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 def format_line(path: str | None, pred, as_json: bool) -> str:
     if as_json:
         return json.dumps({"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()},
-                           "transcript": pred.transcript, "transcript_source": pred.transcript_source})
+                           "uncertain": pred.uncertain, "transcript": pred.transcript, "transcript_source": pred.transcript_source})
     top = sorted(pred.scores.items(), key=lambda kv: -kv[1])[:3]
     detail = " ".join(f"{k}={v:.3f}" for k, v in top)
     heard = f"\t[{pred.transcript_source}] {pred.transcript}" if pred.transcript_source not in (None, "caller") else ""
-    return f"{path or '<text>'}\t{pred.label}\t{detail}{heard}"
+    doubt = " (uncertain)" if pred.uncertain else ""
+    return f"{path or '<text>'}\t{pred.label}{doubt}\t{detail}{heard}"
 
 
 def main(argv: list[str] | None = None) -> int:
