@@ -16,11 +16,9 @@ registered in ``spec.json`` (``export.variants``) only when it loses at most
 from __future__ import annotations
 
 import argparse
-import logging
-import shlex
-import sys
 from pathlib import Path
 
+from export.cli import add_logging_arguments, command_line, configure_logging
 from export.compare import MAX_UA_LOSS
 from export.int8 import CALIBRATION_METHODS
 from export.variants import PRECISIONS
@@ -42,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy comparison (the variant is then registered unchecked)")
     p.add_argument("--max-ua-loss", type=float, default=MAX_UA_LOSS, help="largest unweighted-accuracy loss vs FP32 (a fraction) allowed to register")
     p.add_argument("--force", action="store_true", help="register the variant even if it exceeds --max-ua-loss")
+    add_logging_arguments(p)
     return p
 
 
@@ -51,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.recognizer import EmotionRecognizer
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    configure_logging(args)
+    command = command_line("python -m export.quantize", argv)
     written = make_variants(args.model_dir, args.precision, args.data_root, args.graphs, args.calib_audio, args.calib_text, args.method)
     report: dict = {"command": command, "method": args.method if args.precision == "int8" else "fp16-with-fp32-frontend"}
     if args.precision == "int8":
