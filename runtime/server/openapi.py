@@ -23,11 +23,12 @@ def schema() -> dict:
     scores = {"type": "object", "additionalProperties": {"type": "number"}, "description": "calibrated probability per label; sums to 1"}
     result = {
         "type": "object",
-        "required": ["label", "scores", "modalities", "duration_s", "transcript", "transcript_source", "timings_ms", "batch_size"],
+        "required": ["label", "scores", "uncertain", "modalities", "duration_s", "transcript", "transcript_source", "timings_ms", "batch_size"],
         "properties": {
             "label": {"type": "string", "description": "the top-scoring emotion"},
             "scores": scores,
             "modalities": {"type": "array", "items": {"enum": ["audio", "text"]}},
+            "uncertain": {"type": "boolean", "description": "the top score is below the mode's threshold (spec.json calibration.uncertain_below): the label is more likely wrong than right"},
             "duration_s": {"type": ["number", "null"], "description": "seconds of audio the model scored: the clip after its leading and trailing silence was trimmed; null for text-only"},
             "transcript": {"type": ["string", "null"], "description": "the text the model read: the caller's, or the server's speech recogniser's (--asr) when the caller sent none; null without text"},
             "transcript_source": {"type": ["string", "null"], "examples": ["caller", "asr:pocketsphinx"], "description": "where the transcript came from: 'caller', 'asr:<name>' (--asr), or null"},
