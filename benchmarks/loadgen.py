@@ -227,20 +227,25 @@ def default_out(info: dict) -> Path:
     return Path(__file__).resolve().parent / "results" / machine_slug(info) / "serve.json"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = cli.parser("python -m benchmarks.loadgen", __doc__.split("\n\n")[0])
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="a running server on loopback, e.g. http://127.0.0.1:8080")
-    where.add_argument("--spawn", action="store_true", help="start `python -m runtime.serve` on a free loopback port")
+def add_load_args(p: argparse.ArgumentParser) -> None:
+    """The load's shape, shared with ``benchmarks.triton_loadgen``: clients, phases, clips."""
     p.add_argument("--clients", type=int, default=32, help="concurrent clients, one request in flight each")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of the measured phase")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of unmeasured load first")
     p.add_argument("--max-requests", type=int, default=1_000_000, help="stop the measured phase after this many requests")
     p.add_argument("--clip-seconds", type=float, default=3.0, help="length of each synthetic clip")
     p.add_argument("--clips", type=int, default=16, help="distinct synthetic clips to cycle through")
-    p.add_argument("--audio", nargs="*", default=None, help="audio files to send instead of synthetic clips")
     p.add_argument("--text", default=None, help="transcript sent with every clip")
     p.add_argument("--timeout", type=float, default=60.0, help="client-side timeout per request, seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m benchmarks.loadgen", __doc__.split("\n\n")[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running server on loopback, e.g. http://127.0.0.1:8080")
+    where.add_argument("--spawn", action="store_true", help="start `python -m runtime.serve` on a free loopback port")
+    add_load_args(p)
+    p.add_argument("--audio", nargs="*", default=None, help="audio files to send instead of synthetic clips")
     p.add_argument("--api-key", default=None, help="bearer key of the server; none: $EMOTECH_API_KEY if set")
     p.add_argument("--out", type=Path, default=None,
                    help="write the JSON report here and a .md beside it (default: benchmarks/results/<machine>/serve.json)")

@@ -34,7 +34,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks.loadgen import Stats, cpu_report, free_port, machine, markdown, percentiles, speechlike, tree_cpu_seconds, tree_rss_mb, wav_bytes
+from benchmarks.loadgen import (
+    Stats, add_load_args, cpu_report, free_port, machine, markdown, percentiles, speechlike, tree_cpu_seconds,
+    tree_rss_mb, wav_bytes,
+)
 from runtime import cli
 from runtime.spec import package_versions
 
@@ -141,14 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running Triton on loopback, e.g. http://127.0.0.1:8000")
     where.add_argument("--spawn", action="store_true", help="write a repository and serve it on a free loopback port")
-    p.add_argument("--clients", type=int, default=32, help="concurrent clients, one request in flight each")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of the measured phase")
-    p.add_argument("--warmup", type=float, default=10.0, help="seconds of unmeasured load first")
-    p.add_argument("--max-requests", type=int, default=1_000_000, help="stop the measured phase after this many requests")
-    p.add_argument("--clip-seconds", type=float, default=3.0, help="length of each synthetic clip")
-    p.add_argument("--clips", type=int, default=16, help="distinct synthetic clips to cycle through")
-    p.add_argument("--text", default=None, help="transcript sent with every clip")
-    p.add_argument("--timeout", type=float, default=60.0, help="client-side timeout per request, seconds")
+    add_load_args(p)
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here and a .md beside it (default: print only)")
     p.add_argument("--no-save", action="store_true", help="print the report only")
     p.add_argument("repo_args", nargs=argparse.REMAINDER, help="after --: arguments for python -m export.triton --out (with --spawn)")

@@ -36,6 +36,7 @@ from export import augment, data
 from export.cli import HelpFormatter, add_logging_arguments, command_line, configure_logging
 from export.evalsets import CARD_SETS, MODES, NAMED, EvalSet, manifest_sets, named_sets
 from export.metrics import classification_report, coverage_curve, expected_calibration_error, plot_confusion, uncertain_threshold
+from runtime import cli
 from runtime.audio import read_audio, to_model_rate
 from runtime.errors import EmotionError
 from runtime.recognizer import EmotionRecognizer
@@ -179,7 +180,6 @@ def safe_name(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.evaluate", description="Evaluate a model folder through the runtime API.", formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="folder for metrics.json, report.md and the confusion PNGs")
-    p.add_argument("--model-dir", default=None, help="model folder (without it: the bundled weights)")
     p.add_argument("--test-manifest", default=None, help="CSV path,label[,text][,speaker] with paths relative to its folder: evaluate on it (and on --sets only if given)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="with --test-manifest: which modes to evaluate (rows with audio, with text, with both)")
     p.add_argument(
@@ -189,9 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robustness", action="store_true", help="also evaluate every audio set through the telephone channel and white noise at 20 and 10 dB SNR")
     p.add_argument("--data-root", default=str(data.default_data_root()), help="folder with ravdess/, nemo/ and text/ (named sets)")
     p.add_argument("--labelset", default="emotech7", help="gives the corpus label maps for the named sets")
-    p.add_argument("--engine", default="ort", choices=["ort", "torch", "trt"], help="inference engine")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="graph precision")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="without it: the engine's default")
+    cli.add_model_args(p)
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded subsample of at most N items per set (smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the text pairings and the noise")
     add_logging_arguments(p)

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import BUNDLED, TINY_MODEL_CONFIG, build_tiny_model, has_torch
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    """A CLI's main() run in-process configures the root logger on the test's captured
+    stderr, which pytest closes after the test: put the root logger back as it was."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ wheel or the client is not installed (the ``[triton]`` extra).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -439,20 +438,7 @@ def test_a_python_without_a_stub_is_named():
         find_triton("2.7")
 
 
-@pytest.fixture
-def root_logging():
-    """Restore the root logger after a test that runs a CLI's ``main`` in this process: it
-    configures logging on the test's captured stderr, which later tests must not write to."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
-
-
-def test_serve_cli_refuses_a_missing_repository(tmp_path, capsys, root_logging):
+def test_serve_cli_refuses_a_missing_repository(tmp_path, capsys):
     assert triton_main(["--serve", str(tmp_path / "nothing"), "--http-port", "9000"]) == 2
     assert "no model repository" in capsys.readouterr().err
 
@@ -521,7 +507,7 @@ def test_generated_configs_parse_with_the_right_fields(tmp_path, backend):
 
 
 @needs_bundled
-def test_generation_refuses_to_overwrite_and_checks_options(tmp_path, capsys, root_logging):
+def test_generation_refuses_to_overwrite_and_checks_options(tmp_path, capsys):
     out = tmp_path / "repo"
     assert triton_main(["--out", str(out), "--model-dir", str(BUNDLED)]) == 0
     assert triton_main(["--out", str(out), "--model-dir", str(BUNDLED)]) == 2
