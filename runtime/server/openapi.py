@@ -84,12 +84,13 @@ def schema() -> dict:
                                   "text-only application/x-www-form-urlencoded form"),
                     "417": _error("an Expect header other than 100-continue (which is answered once the request passed "
                                   "its checks, so a refused upload is refused before its body is sent)"),
+                    "431": _error("a request head over 64 KiB"),
                     "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a "
                                   "sample rate outside 4000-1000000 Hz; text that is not valid Unicode, or without "
                                   "words and no audio"),
                     "500": _error("the engine failed on this request's batch"),
-                    "503": _error("queue full (see Retry-After), shutting down, or max_connections connections open "
-                                  "and all busy"),
+                    "503": _error("queue full (see Retry-After), shutting down, max_connections connections open "
+                                  "and none can make room, or request bodies filling max_pending_body_bytes for 2 s"),
                     "504": _error("no result within timeout_s"),
                 },
             }},
@@ -102,7 +103,8 @@ def schema() -> dict:
                     "{\"type\":\"result\",\"segment\",\"start_s\",\"end_s\", ...Result} or {\"type\":\"error\",...}, and "
                     "finally {\"type\":\"done\",\"segments\":N} before closing. Limits: frames of at most max_frame_bytes "
                     "(else close 1009); at most max_stream_pending utterances in recognition (further frames wait); "
-                    "no frame for stream_idle_s: an idle_timeout error and close 1008."),
+                    "no frame for stream_idle_s: an idle_timeout error and close 1008; faster than stream_speed x real time "
+                    "for 10 s without a break: a too_fast error and close 1008."),
                 "responses": {"101": {"description": "switching protocols"},
                               "403": _error("a web page Origin other than the server's own and --allow-origin"),
                               "503": _error("no VAD available, max_streams streams open (see Retry-After), or shutting down")},
