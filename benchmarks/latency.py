@@ -50,7 +50,8 @@ from runtime.engines.ort import SPIN_MODES, require_cuda_provider
 from runtime.errors import EmotionError
 from runtime.postprocess import postprocess
 from runtime.recognizer import EmotionRecognizer
-from runtime.spec import BUNDLED_MODEL_DIR, load_spec
+from runtime import cli
+from runtime.spec import load_spec, resolve_model_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ENGINES = ("ort", "torch", "trt")
@@ -73,9 +74,7 @@ def _csv(text: str, cast: Callable = str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--profile", choices=tuple(PROFILES), default=None,
         help="preset engines, precisions, device and batch sizes for a kind of machine (the options below override it): "
@@ -84,17 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default=None, help=f"comma-separated engines from {', '.join(ENGINES)} (default: ort)")
     p.add_argument("--precision", default=None, help="comma-separated precisions: fp32, fp16, int8 (default: fp32)")
     p.add_argument(
-        "--device", default=None, choices=("cpu", "cuda"), help="device for the engines and the baseline (default: cpu)"
+        "--device", default=None, type=cli.device_arg, help="cpu, cuda or cuda:N: device for the engines and the baseline (default: cpu)"
     )
     p.add_argument("--batch", default=None, help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument(
         "--audio-seconds", default="3",
         help="comma-separated clip lengths in seconds, each measured at every batch size (default: 3; "
-        "the issue's targets are read at 3 s with --text-words 12)",
+        "the CPU targets are read at 3 s with --text-words 12)",
     )  # fmt: skip
     p.add_argument("--text-words", type=int, default=12, help="words per transcript (default: 12)")
     p.add_argument("--input-rate", type=int, default=48000, help="sample rate the clips are sent at (default: 48000)")
-    p.add_argument("--model-dir", type=Path, default=BUNDLED_MODEL_DIR, help="model folder (default: the bundled weights)")
+    p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: $EMOTECH_MODEL_DIR if set, else the bundled model)")
     p.add_argument(
         "--threads",
         type=int,
@@ -539,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.model_dir = resolve_model_dir(args.model_dir)
     command = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in argv)
     try:
         # checkpoints draw no plot: matplotlib would add ~50 MB to the peak RSS of the rows after them

@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from runtime import cli
 from runtime.spec import package_versions
 
 # ------------------------------------------------------------------ test signals
@@ -227,8 +228,7 @@ def default_out(info: dict) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("python -m benchmarks.loadgen", __doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server on loopback, e.g. http://127.0.0.1:8080")
     where.add_argument("--spawn", action="store_true", help="start `python -m runtime.serve` on a free loopback port")
@@ -288,8 +288,10 @@ def run(args: argparse.Namespace) -> dict:
         if args.warmup:
             asyncio.run(phase(url, args.clients, args.warmup, 1_000_000, payloads, args.timeout, headers))
         before = scrape(url, headers)
+        cpu_before = tree_cpu_seconds(proc.pid) if proc is not None else None
         stats, elapsed = asyncio.run(phase(url, args.clients, args.duration, args.max_requests, payloads, args.timeout, headers))
         after = scrape(url, headers)
+        cpu_after = tree_cpu_seconds(proc.pid) if proc is not None else None
         import urllib.request
 
         with urllib.request.urlopen(urllib.request.Request(url + "/v1/model", headers=headers), timeout=10) as r:
@@ -322,11 +324,55 @@ def run(args: argparse.Namespace) -> dict:
         "mean_batch_size": round(float(np.mean(stats.batch_sizes)), 2) if stats.batch_sizes else None,
         "rss_mb": {"after_warmup": round(rss_warm / 2**20, 1), "after_run": round(rss_after / 2**20, 1),
                    "change_pct": round(100 * (rss_after - rss_warm) / rss_warm, 2) if rss_warm else None},
+        **cpu_report(cpu_before, cpu_after, ok),
         "server_exit_code": proc.returncode if proc is not None else None,
     }
     if proc is not None:
         report["server_log_tail"] = server_tail(log_file).splitlines()
     return report
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, s) used so far by ``pid`` and its live descendants (None
+    without psutil). Per request, it depends far less on what else the machine runs than
+    throughput or latency do."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` and its descendants, MB (None without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return round(total / 2**20, 1)
+
+
+def cpu_report(before: float | None, after: float | None, requests: int) -> dict:
+    """The server's CPU time during the measured phase, in all and per answered request."""
+    if before is None or after is None:
+        return {}
+    used = after - before
+    return {"server_cpu_s": round(used, 3), "cpu_ms_per_request": round(1000 * used / requests, 2) if requests else None}
 
 
 def server_tail(log_file, lines: int = 5) -> str:
@@ -352,6 +398,8 @@ def markdown(report: dict) -> str:
         f"{report['throughput_rps']:.1f} req/s | {lat.get('p50', 0):.0f} ms | {lat.get('p90', 0):.0f} ms | {lat.get('p99', 0):.0f} ms | "
         f"{lat.get('min', 0):.0f} ms | {lat.get('max', 0):.0f} ms | {report['rejected_503']} | {sum(report['errors'].values())} | "
         f"{rss['after_warmup']} → {rss['after_run']} MB ({rss['change_pct']:+.1f} %) |", "",
+        *([f"Server CPU time: {report['server_cpu_s']} s, {report['cpu_ms_per_request']} ms per request.", ""]
+          if report.get("server_cpu_s") is not None else []),
         f"Batch sizes (engine calls per bucket upper bound): {report['batch_size_histogram']}; mean batch seen by a request "
         f"{report['mean_batch_size']}.", "",
     ]

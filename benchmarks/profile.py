@@ -12,7 +12,6 @@ shares matter here, not the absolute milliseconds (``benchmarks.latency`` measur
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.machine import machine_info
 from benchmarks.workload import Workload, make_requests
-from runtime import EmotionRecognizer
+from runtime import EmotionRecognizer, cli
 from runtime.spec import package_versions
 
 # Node-name prefix -> part of the model, first match wins (names come from export/model.py
@@ -124,13 +123,12 @@ def main(argv: list[str] | None = None) -> dict:
     import shlex
     import sys
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-dir", default=None, help="model folder (default: the bundled weights)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p = cli.parser("python -m benchmarks.profile", __doc__.split("\n\n")[0])
+    cli.add_model_args(p, engine=False, device=False)
     p.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
-    p.add_argument("--audio-seconds", type=float, default=3.0)
-    p.add_argument("--text-words", type=int, default=12)
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--audio-seconds", type=float, default=3.0, help="length of each synthetic clip")
+    p.add_argument("--text-words", type=int, default=12, help="words per synthetic transcript")
+    p.add_argument("--iters", type=int, default=20, help="profiled runs per batch size")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--out", default=None, help="folder for profile.json / profile.md (default: print only)")
     args = p.parse_args(argv)

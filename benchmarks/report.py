@@ -19,7 +19,7 @@ from runtime.trt_cache import atomic_write
 SCHEMA = "emotech-latency/1"
 E2E = "end_to_end"
 STAGE_ORDER = ("decode", "resample", "prepare", "load", "tokenise", "tokenise_cold", "frontend", "infer", "postprocess")  # columns of the stage table
-# the issue's targets for this kind of machine: ONNX Runtime FP32 on CPU
+# the project's CPU latency targets (docs/benchmarks.md): ONNX Runtime FP32 on CPU
 TARGET_ENGINE = ("ort", "fp32", "cpu")
 TARGET_WORKLOAD = (3.0, 12)  # the targets' clip length (s) and transcript words
 TARGETS = {
@@ -90,7 +90,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def targets(rows: list[dict], ratio_rows: list[dict], settings: dict) -> list[dict]:
-    """The issue's CPU targets, each with the measured value and met / not met.
+    """The project's CPU latency targets, each with the measured value and met / not met.
 
     Only evaluated for the ONNX Runtime FP32 CPU engine, on the rows at 3-s clips, when the
     texts had 12 words; a target whose rows were not measured in this run is left out.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,10 @@ import pytest
 from benchmarks.loadgen import speechlike
 from benchmarks.workload import make_sentences
 from runtime.frontend import FrontendConfig
-from runtime.spec import BUNDLED_MODEL_DIR
+from runtime.spec import resolve_model_dir
 
 CLIP_SECONDS = 3.0
-MODEL_DIR = Path(os.environ.get("EMOTECH_MODEL_DIR", BUNDLED_MODEL_DIR))
+MODEL_DIR = resolve_model_dir()  # --model-dir is not a pytest option: $EMOTECH_MODEL_DIR, else the bundled model
 
 
 def _per(benchmark, n: int, unit: str) -> None:

@@ -15,9 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from export.model import EmoTech, EmoTechEnsemble, FusedModel, ModelConfig
 from runtime.frontend import FrontendConfig
-from runtime.spec import BUNDLED_MODEL_DIR, FORMAT, SPEC_FILE, package_versions, sha256_file
+from runtime.spec import FORMAT, SPEC_FILE, package_versions, resolve_model_dir, sha256_file
 
-DEFAULT_MODEL_DIR = BUNDLED_MODEL_DIR
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -106,8 +105,9 @@ def build_model(spec: dict[str, Any]) -> FusedModel:
     raise ValueError(f"unknown architecture {arch!r} in spec.json (known: EmoTech, EmoTechEnsemble)")
 
 
-def load_torch_model(model_dir: Path = DEFAULT_MODEL_DIR) -> tuple[FusedModel, dict[str, Any]]:
-    """The PyTorch model of a folder (eval mode) and its spec as a dict."""
+def load_torch_model(model_dir: Path | None = None) -> tuple[FusedModel, dict[str, Any]]:
+    """The PyTorch model of a folder (eval mode; None: ``runtime.spec.resolve_model_dir``) and its spec as a dict."""
+    model_dir = resolve_model_dir(model_dir)
     spec = read_spec(model_dir)
     model = build_model(spec)
     model.load_state_dict(load_file(str(Path(model_dir) / spec["weights"])))

@@ -6,9 +6,12 @@ label set is data, not code. Corpus labels that the set does not map are dropped
 
 Layouts:
 - RAVDESS: ``Actor_XX/03-01-EE-II-SS-RR-AA.(wav|flac)``; speaker = actor.
+- nEMO: ``manifest.csv`` (``path,label,text,speaker,gender``, labels already in the project's
+  names) beside ``<speaker>/<speaker>_<emotion>_<n>.ogg``; speaker = actor.
 - GoEmotions (Ekman TSV): ``text<TAB>label ids<TAB>id`` with ``labels.txt``.
 - MELD: ``*_sent_emo.csv`` with Utterance, Speaker, Emotion columns.
-- Manifest CSV: ``path,label[,text][,speaker]`` (header row), paths relative to the CSV.
+- Manifest CSV: ``path,label[,text][,speaker][,corpus]`` (header row), paths relative to the
+  CSV; an empty ``path`` is a text-only item.
 - IEMOCAP: ``Session*/dialog/EmoEvaluation/*.txt``, ``Session*/sentences/wav/<dialog>/<utt>.wav``,
   ``Session*/dialog/transcriptions/<dialog>.txt``; speaker = session + gender.
 """
@@ -17,13 +20,26 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING
 
-LABELSETS_FILE = Path(__file__).with_name("labelsets.json")
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if TYPE_CHECKING:
+    from export.config import DataConfig
+
+
+def default_data_root() -> Path:
+    """``$EMOTECH_DATA_ROOT``, else ``../shared/data`` from the working directory (the
+    corpora's place beside a checkout, for commands run from its root)."""
+    env = os.environ.get("EMOTECH_DATA_ROOT")
+    return Path(env) if env else Path.cwd().resolve().parent / "shared" / "data"
+
+
+DEFAULT_DATA_ROOT = default_data_root()
 
 RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 # The speaker-independent split used everywhere (never mix actors across splits).
@@ -33,6 +49,16 @@ RAVDESS_SPLIT = {"train": range(1, 19), "val": range(19, 21), "test": range(21, 
 # the test actors stay untouched. Shipped models always use RAVDESS_SPLIT.
 RAVDESS_SELECTION_SPLIT = {"train": range(1, 15), "val": range(15, 21), "test": range(21, 25)}
 RAVDESS_SPLITS = {"standard": RAVDESS_SPLIT, "selection": RAVDESS_SELECTION_SPLIT}
+
+# nEMO's speaker-independent split: 9 actors (4 female, 5 male), a female and a male actor
+# each for validation and test. The test and validation actors recorded all six emotions
+# (MK0 has no surprised clips, MP0 only 256 clips), so they train.
+NEMO_SPLIT = {
+    "train": ("EB0", "MK0", "KS0", "MP0", "WR0"),  # female EB0, MK0; male KS0, MP0, WR0
+    "val": ("KD0", "TP0"),  # female KD0, male TP0
+    "test": ("IC0", "SM0"),  # female IC0, male SM0
+}
+NEMO_SPEAKERS = tuple(sorted(s for part in NEMO_SPLIT.values() for s in part))
 
 
 @dataclass(frozen=True)
@@ -61,7 +87,7 @@ def load_labelset(name_or_path: str = "emotech7") -> LabelSet:
         data = json.loads(path.read_text())
         name = path.stem
     else:
-        sets = json.loads(LABELSETS_FILE.read_text())
+        sets = json.loads(resources.files("export").joinpath("labelsets.json").read_text(encoding="utf-8"))
         if name_or_path not in sets or name_or_path.startswith("_"):
             known = ", ".join(k for k in sets if not k.startswith("_"))
             raise ValueError(f"unknown label set {name_or_path!r}; known: {known}, or a path to a .json file")
@@ -131,6 +157,33 @@ def ravdess_split(root: Path, labelset: LabelSet, split: str, scheme: str = "sta
     return load_ravdess(root, labelset, RAVDESS_SPLITS[scheme][split])
 
 
+def load_nemo(root: Path, labelset: LabelSet, speakers: Iterable[str] | None = None) -> list[Utterance]:
+    """nEMO clips of the given speakers (all when None) from ``root/manifest.csv``.
+
+    The transcript is left out: it is the Polish sentence read (scripted, like RAVDESS's,
+    so it carries no emotion), which the English WordPiece tokenizer cannot read.
+    """
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no nEMO manifest at {manifest} (set data_root, audio_root or $EMOTECH_DATA_ROOT)")
+    wanted = set(speakers) if speakers is not None else None
+    items = []
+    with manifest.open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if wanted is not None and row["speaker"] not in wanted:
+                continue
+            label = labelset.index("nemo", row["label"].strip())
+            if label is not None:
+                items.append(Utterance(label, str(root / row["path"]), None, f"nemo_{row['speaker']}", "nemo"))
+    return items
+
+
+def nemo_split(root: Path, labelset: LabelSet, split: str) -> list[Utterance]:
+    """The ``split`` ('train', 'val', 'test') of ``NEMO_SPLIT``."""
+    return load_nemo(root, labelset, NEMO_SPLIT[split])
+
+
 def load_goemotions(path: Path, labelset: LabelSet, multilabel: str = "drop") -> list[Utterance]:
     """GoEmotions Ekman TSV. ``multilabel``: 'drop' keeps single-label rows only (the
     default, used for the shipped weights); 'first' keeps the first listed label."""
@@ -164,7 +217,9 @@ def load_meld(path: Path, labelset: LabelSet) -> list[Utterance]:
 
 
 def load_manifest(path: Path, labelset: LabelSet) -> list[Utterance]:
-    """A user's CSV ``path,label[,text][,speaker]``; labels are names from the label set."""
+    """A user's CSV ``path,label[,text][,speaker][,corpus]``; labels are names from the
+    label set, paths relative to the CSV's folder (empty: a text-only item); ``corpus``
+    (default ``manifest``) groups items for class balance across corpora."""
     path = Path(path)
     items = []
     with path.open(encoding="utf-8", newline="") as fh:
@@ -177,7 +232,10 @@ def load_manifest(path: Path, labelset: LabelSet) -> list[Utterance]:
                 raise ValueError(f"{path}:{n}: label {row['label']!r} is not in {list(labelset.labels)}")
             audio = (path.parent / row["path"]).resolve() if row["path"] else None
             text = normalize_text(row["text"]) if row.get("text") else None
-            items.append(Utterance(label, str(audio) if audio else None, text, row.get("speaker") or None, "manifest"))
+            if audio is None and text is None:
+                raise ValueError(f"{path}:{n}: a row needs a path, a text or both")
+            corpus = (row.get("corpus") or "").strip() or "manifest"
+            items.append(Utterance(label, str(audio) if audio else None, text, row.get("speaker") or None, corpus))
     return items
 
 
@@ -226,3 +284,62 @@ def class_counts(items: list[Utterance], num_classes: int) -> list[int]:
     for u in items:
         counts[u.label] += 1
     return counts
+
+
+@dataclass
+class Corpora:
+    """The items of a run, per split ('train', 'val')."""
+
+    labels: tuple[str, ...]
+    audio: dict[str, list[Utterance]]  # split -> items with audio (each carries its corpus)
+    text: dict[str, list[Utterance]]  # split -> text-only items
+
+
+def audio_split(cfg: DataConfig, corpus: str, labelset: LabelSet, split: str) -> list[Utterance]:
+    """One audio corpus's ``split`` ('train' or 'val') as ``cfg`` selects it."""
+    root = Path(cfg.audio_root) if cfg.audio_root else Path(cfg.data_root) / corpus
+    if corpus == "ravdess":
+        return ravdess_split(root, labelset, split, cfg.ravdess_split)
+    if corpus == "nemo":
+        return nemo_split(root, labelset, split)
+    if corpus == "iemocap":
+        held_out = {cfg.iemocap_val_session, cfg.iemocap_test_session}
+        sessions = {cfg.iemocap_val_session} if split == "val" else set(range(1, 6)) - held_out
+        return load_iemocap(root, labelset, sessions)
+    if corpus == "manifest":
+        return load_manifest(Path(cfg.train_manifest if split == "train" else cfg.val_manifest), labelset)
+    raise ValueError(f"unknown audio corpus {corpus!r}")
+
+
+TEXT_FILES = {  # corpus -> (folder under data_root/text, split -> file)
+    "goemotions": ("goemotions_ekman", {"train": "train.tsv", "val": "dev.tsv", "test": "test.tsv"}),
+    "meld": ("meld", {"train": "train_sent_emo.csv", "val": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}),
+}
+
+
+def text_split(data_root: Path, corpus: str, labelset: LabelSet, split: str) -> list[Utterance]:
+    """A text corpus's ``split`` ('train', 'val' = its dev set, 'test')."""
+    folder, files = TEXT_FILES[corpus]
+    path = Path(data_root) / "text" / folder / files[split]
+    return load_goemotions(path, labelset) if corpus == "goemotions" else load_meld(path, labelset)
+
+
+def load_corpora(cfg: DataConfig, labelset: LabelSet) -> Corpora:
+    """Training and validation items of every corpus ``cfg`` names, audio corpora in order.
+
+    Raises:
+        FileNotFoundError: a corpus split without items (wrong ``data_root``/``audio_root``).
+    """
+    audio: dict[str, list[Utterance]] = {"train": [], "val": []}
+    for corpus in cfg.audio_corpora:
+        for split in audio:
+            items = audio_split(cfg, corpus, labelset, split)
+            if not items:
+                where = cfg.audio_root or Path(cfg.data_root) / corpus
+                raise FileNotFoundError(f"no {split} audio for {corpus} under {where} (set data_root, audio_root or $EMOTECH_DATA_ROOT)")
+            audio[split] += items
+    text: dict[str, list[Utterance]] = {"train": [], "val": []}
+    for corpus in cfg.text_corpora:
+        for split in text:
+            text[split] += text_split(Path(cfg.data_root), corpus, labelset, split)
+    return Corpora(labelset.labels, audio, text)

@@ -61,8 +61,7 @@ class MFCC(nn.Module):
         row-major as ``(B, r, T, c)`` so that stage 1 is one ``(n1, n1) @ (n1, T * n2)``
         GEMM per item (not ``T`` tiny ones), and its output needs only a transpose of
         whole ``n2``-sample rows (not of pairs of floats) to become the per-group stage-2
-        input: per clip 0.663 -> 0.610 ms at batch 1 and 0.544 -> 0.497 ms at batch 32 against
-        frames as ``(B, T, c, r)`` (the two graphs timed alternately, README "Benchmarks").
+        input, which is faster than frames as ``(B, T, c, r)`` (docs/benchmarks.md, "Front-end").
         """
         cfg, n1, n2, groups = self.cfg, self.n1, self.n2, self.groups
         batch, samples = audio.shape
@@ -119,9 +118,8 @@ class MFCC(nn.Module):
 
 def masked_cmvn(x: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Per-item mean/variance normalisation over valid frames; invalid frames become 0.
-    ``valid`` is ``(B, T, 1)``, 1.0 on valid frames (multiplications and one rsqrt: with
-    the folded log scaling, the front-end graph was 5.5 % faster at batch 1 in ONNX Runtime
-    than with Where and Div, in a scratch timing the README describes)."""
+    ``valid`` is ``(B, T, 1)``, 1.0 on valid frames: multiplications and one rsqrt, which
+    ONNX Runtime runs faster than Where and Div (docs/benchmarks.md, "Front-end")."""
     count = lengths.to(x.dtype)[:, None, None]
     mean = (x * valid).sum(dim=1, keepdim=True) / count
     centred = (x - mean) * valid

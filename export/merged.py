@@ -13,8 +13,8 @@ compute exactly the same function:
 - the members' projections and fusion layers are block-sparse matrices, and the mean of
   the members' last linear layers is one linear layer (weights ``/ M``).
 
-Two things stay per member, because merging them was slower on ONNX Runtime's CPU
-provider (scratch runs, README "Benchmarks"): the first 2-D conv (its 1-channel input
+Two things stay per member, because merging them is slower on ONNX Runtime's CPU
+provider (docs/benchmarks.md, "Merged ensemble"): the first 2-D conv (its 1-channel input
 makes a merged conv's output ``M`` times larger before the first pool) and the LSTMs (one
 LSTM with block-diagonal weights does ``M`` times the multiply-adds).
 

@@ -58,6 +58,36 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     return float(ece)
 
 
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray, thresholds: tuple[float, ...]) -> list[dict]:
+    """Per threshold t: the share of items whose top score is at least t (coverage), their
+    accuracy, and the accuracy of the rest (the items an ``uncertain`` flag at t would mark)."""
+    rows = []
+    for t in thresholds:
+        keep = confidence >= t
+        rows.append({
+            "threshold": float(t),
+            "coverage": float(keep.mean()),
+            "accuracy": float(correct[keep].mean()) if keep.any() else None,
+            "accuracy_below": float(correct[~keep].mean()) if (~keep).any() else None,
+            "n": int(keep.sum()),
+        })  # fmt: skip
+    return rows
+
+
+def uncertain_threshold(confidence: np.ndarray, correct: np.ndarray, step: float = 0.05, min_items: int = 10) -> float:
+    """The top-score threshold of the ``uncertain`` flag: the upper edge of the highest
+    ``step``-wide score bin (of at least ``min_items`` items) whose predictions are right
+    less than half the time, so a flagged prediction is one that, judged by the items that
+    scored like it, is more likely wrong than right. 0.0 when no bin is."""
+    edges = np.round(np.arange(0.0, 1.0 + step / 2, step), 6)
+    threshold = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (confidence >= lo) & ((confidence < hi) if hi < 1.0 else (confidence <= hi))
+        if sel.sum() >= min_items and correct[sel].mean() < 0.5:
+            threshold = float(hi)
+    return threshold
+
+
 def nll(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> float:
     p = softmax(logits, temperature)
     return float(-np.mean(np.log(p[np.arange(len(y_true)), y_true] + 1e-12)))

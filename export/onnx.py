@@ -11,7 +11,6 @@ All axes that vary per request (batch, samples, tokens) are dynamic.
 
 from __future__ import annotations
 
-import argparse
 import io
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from torch import nn
 
 from export.merged import inference_form
 from export.model import FusedModel
+from runtime import cli
 
 OPSET = 17  # TensorRT 10.3 parses opsets 9-20; 17 is the newest the legacy exporter tests well
 
@@ -167,8 +167,8 @@ def export_all(model: FusedModel, out_dir: Path, names: tuple[str, ...] = ("fuse
 def main(argv: list[str] | None = None) -> None:
     from export import bundle
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=bundle.DEFAULT_MODEL_DIR, help="model folder with model.safetensors and spec.json")
+    parser = cli.parser("python -m export.onnx", "Export a model folder's PyTorch weights to ONNX graphs, written into the folder.")
+    parser.add_argument("--model-dir", type=Path, required=True, help="model folder with model.safetensors and spec.json (written to)")
     parser.add_argument(
         "--graphs",
         nargs="+",

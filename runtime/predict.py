@@ -1,6 +1,7 @@
 """Command line: emotion of audio files, optionally with a transcript.
 
     python -m runtime.predict clip.wav other.flac --text "I can't believe it" --json
+    python -m runtime.predict clip.wav --asr pocketsphinx --json    # transcript from a speech recogniser
 
 One line per file (with --json, one JSON object per line). A file that cannot be used
 gets a one-line error on stderr; the others still get their results, and the exit code
@@ -13,42 +14,45 @@ import argparse
 import json
 import sys
 
+from runtime import cli
+from runtime.asr import add_asr_argument
 from runtime.errors import EmotionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.predict", description="Speech emotion recognition on audio files.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("python -m runtime.predict", "Speech emotion recognition on audio files, with or without a transcript.",
+                   epilog="example: python -m runtime.predict examples/espeak_angry_words.wav --json")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files (WAV, FLAC, OGG; any sample rate)")
     p.add_argument("--text", default=None, help="transcript used for every file (or alone, with no PATH)")
-    p.add_argument("--model-dir", default=None, help="model folder (default: the bundled weights)")
-    p.add_argument("--engine", default="ort", choices=["ort", "torch", "trt"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cpu (trt: cuda)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores, uncertain, transcript, transcript_source")
+    add_asr_argument(p)
+    cli.add_model_args(p)
+    cli.add_logging_args(p)
     return p
 
 
 def format_line(path: str | None, pred, as_json: bool) -> str:
     if as_json:
-        return json.dumps({"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()}})
+        return json.dumps({"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()},
+                           "uncertain": pred.uncertain, "transcript": pred.transcript, "transcript_source": pred.transcript_source})
     top = sorted(pred.scores.items(), key=lambda kv: -kv[1])[:3]
     detail = " ".join(f"{k}={v:.3f}" for k, v in top)
-    return f"{path or '<text>'}\t{pred.label}\t{detail}"
+    heard = f"\t[{pred.transcript_source}] {pred.transcript}" if pred.transcript_source not in (None, "caller") else ""
+    doubt = " (uncertain)" if pred.uncertain else ""
+    return f"{path or '<text>'}\t{pred.label}{doubt}\t{detail}{heard}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.configure_logging(args)
     if not args.paths and args.text is None:
-        print("error: give at least one audio PATH or --text", file=sys.stderr)
-        return 2
+        return cli.fail("give at least one audio PATH or --text")
     from runtime.recognizer import EmotionRecognizer
 
     try:
-        device = args.device or ("cuda" if args.engine == "trt" else "cpu")
-        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=device)
+        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device, asr=args.asr)
     except (EmotionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(str(e))
 
     failed = 0
     try:

@@ -12,22 +12,27 @@ Pipeline: ``prepare`` (decode, downmix, resample, validate; check text) ->
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, to_model_rate
-from runtime.engines import create_engine
+from runtime.asr import SAMPLE_RATE as ASR_SAMPLE_RATE
+from runtime.asr import Transcriber, TranscriptionError, load_transcriber
+from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, resample, to_model_rate
+from runtime.engines import AUTO, candidates, create_engine
 from runtime.engines.base import Engine
-from runtime.errors import EmotionError, TextError
+from runtime.errors import EmotionError, EngineUnavailableError, TextError
 from runtime.postprocess import Prediction, postprocess
 from runtime.spec import ModelSpec, load_spec
 from runtime.text import TextEncoder
+
+logger = logging.getLogger(__name__)
 
 
 def batch_size(max_batch: object) -> int:
@@ -51,21 +56,24 @@ class Item:
 
     audio: np.ndarray | None  # float32 mono at the model's sample rate, or None
     text: str | None  # transcript, or None
+    text_source: str | None = None  # "caller", "asr:<name>", or None when there is no text
 
 
 class EmotionRecognizer:
     """A model folder loaded on one engine."""
 
-    # Padded audio per engine call on a CPU engine: a batch holding more is split into calls
-    # of up to this much (a clip longer than it runs alone). Beyond about this the MFCC
-    # graph's intermediates outgrow the CPU caches: ``run`` on 32 ten-second clips took
-    # 193.6 ms in one call and 177.9 ms in calls of 9; 32 three-second clips (96 s: one call)
-    # 57.7 vs 57.3 ms (``pytest benchmarks --benchmark-only -k run_32``, medians, 2-core
-    # build VM). GPU engines take whole batches of up to ``max_batch``.
+    # Padded audio per engine call on a CPU engine (seconds): a batch holding more is split
+    # into calls of up to this much (a clip longer than it runs alone), because beyond it the
+    # MFCC graph's intermediates outgrow the CPU caches (docs/benchmarks.md, "Engine-call
+    # size"). GPU engines take whole batches of up to ``max_batch``.
     max_call_audio_seconds = 96.0
 
-    def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None):
+    def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None,
+                 asr: str | Transcriber | None = None):
         max_batch = batch_size(max_batch)
+        # the transcriber that fills in a missing transcript (runtime.asr), and the
+        # transcript_source its texts carry
+        self.asr, self.asr_source = load_transcriber(asr)
         self.spec = spec
         self.engine = engine
         self.max_batch = max_batch
@@ -76,38 +84,80 @@ class EmotionRecognizer:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
+        self.engine_notes: tuple[str, ...] = ()  # engine="auto": why each faster engine was skipped
 
     @classmethod
     def load(
         cls,
         model_dir: str | os.PathLike | None = None,
-        engine: str = "ort",
+        engine: str = "auto",
         precision: str = "fp32",
         device: str | None = None,
         verify: bool = True,
         max_batch: int = 32,
         prepare_threads: int | None = None,
+        asr: str | Transcriber | None = None,
         **engine_kwargs,
     ) -> "EmotionRecognizer":
-        """Load a model folder (None: the bundled weights) on ``engine`` ('ort', 'torch',
-        'trt') at ``precision`` ('fp32', 'fp16', 'int8'). ``prepare_threads`` (default: the
-        CPU count) decode and resample the clips of one ``predict`` call in parallel.
+        """Load a model folder on ``engine`` at ``precision`` ('fp32', 'fp16', 'int8').
+
+        Args:
+            model_dir: the model folder; None: ``$EMOTECH_MODEL_DIR`` if set, else the
+                bundled model (``runtime.spec.resolve_model_dir``).
+            engine: 'auto' (TensorRT, else PyTorch on CUDA, else ONNX Runtime on CUDA,
+                else on the CPU), 'ort', 'torch' or 'trt'.
+            device: 'cpu', 'cuda' or 'cuda:N'; None: ``runtime.engines.default_device``.
+            max_batch: clips per engine call (the TensorRT profile's largest batch).
+            prepare_threads: threads that decode and resample the clips of one
+                ``predict`` call (default: the usable CPU count).
+            asr: a ``runtime.asr`` name such as 'pocketsphinx', or any object with a
+                ``transcribe(audio)`` method (default None: off); it transcribes the
+                audio of items given without text, and results carry its ``transcript``.
+            engine_kwargs: passed to the engine (e.g. ``threads`` for ONNX Runtime).
 
         Raises:
-            ModelFolderError: missing files, malformed spec or a hash mismatch.
+            ModelFolderError: no model folder, missing files, malformed spec or a hash mismatch.
             EngineUnavailableError: the engine, device or precision cannot run here.
-            ValueError: an engine, precision or device name that does not exist, a
+            ValueError: an engine, precision, device or asr name that does not exist, a
                 ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
         """
         spec = load_spec(model_dir, verify=verify)
         max_batch = batch_size(max_batch)  # before an engine is built for it
-        if engine == "trt" and "profile" not in engine_kwargs:
+        transcriber = load_transcriber(asr)  # before the engine: a missing package fails fast
+        if engine != AUTO:
+            rec = cls(spec, cls._engine(spec, engine, precision, device, max_batch, engine_kwargs), max_batch, prepare_threads)
+            rec.asr, rec.asr_source = transcriber
+            return rec
+        notes: list[str] = []
+        last: Exception | None = None
+        for name, dev, skip in candidates(device):
+            if skip:
+                notes.append(f"{name}/{dev}: skipped ({skip})")
+                continue
+            # only ONNX Runtime takes the CPU-side options (threads, spin) on auto
+            kwargs = engine_kwargs if name == "ort" else {}
+            try:
+                rec = cls(spec, cls._engine(spec, name, precision, dev, max_batch, kwargs), max_batch, prepare_threads)
+            except (EmotionError, ImportError, OSError, RuntimeError) as e:
+                notes.append(f"{name}/{dev}: failed ({type(e).__name__}: {e})")
+                last = e
+                continue
+            rec.asr, rec.asr_source = transcriber
+            rec.engine_notes = tuple(notes)
+            for note in notes:
+                logger.info("engine %s", note)
+            return rec
+        raise EngineUnavailableError("no engine could load the model: " + "; ".join(notes)) from last
+
+    @staticmethod
+    def _engine(spec: ModelSpec, name: str, precision: str, device: str | None, max_batch: int, kwargs: dict) -> Engine:
+        if name == "trt" and "profile" not in kwargs:
             # the TensorRT profile's batch range follows max_batch (else a batch above the
             # default profile's 32 would run as several engine calls)
             from runtime.trt_cache import Profile
 
-            engine_kwargs["profile"] = Profile.for_spec(spec, batch=(1, min(8, max_batch), max_batch))
-        return cls(spec, create_engine(engine, spec, precision=precision, device=device, **engine_kwargs), max_batch, prepare_threads)
+            kwargs = {**kwargs, "profile": Profile.for_spec(spec, batch=(1, min(8, max_batch), max_batch))}
+        return create_engine(name, spec, precision=precision, device=device, **kwargs)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -143,13 +193,38 @@ class EmotionRecognizer:
         the tokenizer drops, such as NUL or zero-width spaces) is no text: the model's
         learned "missing text" input, not an empty sequence it never saw in training."""
         clip = None if staged is None else check_clip(staged[0], self.spec.frontend, staged[1])
+        source = None
         if text is not None:
             label = f"{name} text" if name else "text"
             if not self.encoder.has_words(self.encoder.check(text, label)):
                 if clip is None:
                     raise TextError(f"{label} has no words and there is no audio; give audio, or a transcript with words")
                 text = None
-        return Item(clip, text)
+            else:
+                source = "caller"
+        if text is None and clip is not None and self.asr is not None:
+            text = self._transcribe(clip, name)
+            source = self.asr_source if text is not None else None
+        return Item(clip, text, source)
+
+    def _transcribe(self, clip: np.ndarray, name: str | None) -> str | None:
+        """The transcriber's words for a checked clip, cut to the model's text limit at a
+        word boundary; None when it heard no words."""
+        audio = resample(clip, self.sample_rate, ASR_SAMPLE_RATE)
+        try:
+            text = self.asr.transcribe(audio)
+        except Exception as e:
+            raise TranscriptionError(f"{name or 'audio'}: the {self.asr_source} transcriber failed: {type(e).__name__}: {e}") from e
+        if not isinstance(text, str):
+            raise TranscriptionError(f"{name or 'audio'}: the {self.asr_source} transcriber returned {type(text).__name__}, not str")
+        text = " ".join(text.split())
+        if len(text) > self.encoder.max_chars:
+            text = text[: self.encoder.max_chars + 1].rsplit(" ", 1)[0][: self.encoder.max_chars]
+        try:
+            self.encoder.check(text, f"the {self.asr_source} transcript")
+        except TextError as e:
+            raise TranscriptionError(f"{name or 'audio'}: {e}") from e
+        return text if self.encoder.has_words(text) else None
 
     def build_feed(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
         """Padded engine inputs for ``items``; absent modalities get placeholder inputs
@@ -196,9 +271,9 @@ class EmotionRecognizer:
             feed = self.build_feed(chunk)
             logits = self.engine.infer(feed)
             durations = [None if it.audio is None else round(it.audio.size / sr, 4) for it in chunk]
-            preds = postprocess(logits, self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations)
+            preds = postprocess(logits, self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations, self.spec.uncertain_below)
             for i, p in zip(idx, preds):
-                results[i] = p
+                results[i] = replace(p, transcript=items[i].text, transcript_source=items[i].text_source) if items[i].text else p
         return results  # type: ignore[return-value]
 
     # -------------------------------------------------------------------- API
@@ -242,10 +317,9 @@ class EmotionRecognizer:
 
         With more than one clip and ``prepare_threads > 1``, the clips are decoded and
         resampled on the thread pool (libsoxr works without the GIL, and so does most of
-        libsndfile's FLAC/OGG decoding: 32 FLAC clips decode in 62.6 ms in one thread, 39.8
-        ms in two, ``-k decode_32``), and then checked and trimmed here, in order: many short numpy
-        calls, which two threads only slow down with GIL hand-overs (32 clips: 2.0 ms in one
-        thread, 4.8 ms on two; ``pytest benchmarks --benchmark-only -k check_32``).
+        libsndfile's FLAC/OGG decoding), and then checked and trimmed here, in order: many
+        short numpy calls, which more threads only slow down with GIL hand-overs
+        (docs/benchmarks.md, "Preparing a batch"; ``pytest benchmarks --benchmark-only -k "decode_32 or check_32"``).
         """
         clips = sum(1 for a in args if a[0] is not None)
         if self.prepare_threads == 1 or clips < 2:

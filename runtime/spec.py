@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
-from importlib import metadata
+from importlib import metadata, resources
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,11 +26,14 @@ import numpy as np
 
 from runtime.errors import ModelFolderError
 from runtime.frontend import FrontendConfig
+from runtime.postprocess import UNCERTAIN_BELOW
 
 SPEC_FILE = "spec.json"
 FORMAT = "emotech-model/1"
 MODES = ("audio", "text", "audio+text")  # which modalities an item carries
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "emotech"
+MODEL_DIR_ENV = "EMOTECH_MODEL_DIR"  # environment variable naming the default model folder
+WEIGHTS_PACKAGE = "emotech_weights"  # the package that ships the weights (the checkout's weights/ folder)
+DEFAULT_MODEL = "emotech"  # the bundled model folder inside WEIGHTS_PACKAGE
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class ModelSpec:
     temperature: dict[str, float]  # calibration temperature per mode (see MODES)
     files: dict[str, str]  # file -> sha256
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the whole spec.json
+    uncertain_below: dict[str, float] = field(default_factory=lambda: dict(UNCERTAIN_BELOW))  # per mode (see MODES)
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -71,6 +76,35 @@ class ModelSpec:
         if graph == "fused":
             check_graph(self, path)
         return path
+
+
+def weights_path(*parts: str) -> Path | None:
+    """The path of a file or folder shipped in the weights package (``weights/`` in a checkout,
+    ``emotech_weights/`` in an installed wheel), or None when the package is not installed."""
+    try:
+        root = resources.files(WEIGHTS_PACKAGE)
+    except ModuleNotFoundError:
+        return None
+    return Path(str(root.joinpath(*parts)))
+
+
+def resolve_model_dir(model_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The model folder to load: ``model_dir`` when given, else ``$EMOTECH_MODEL_DIR`` when set,
+    else the bundled default model. Raises ``ModelFolderError`` naming every place it looked."""
+    if model_dir is not None:
+        return Path(model_dir)
+    env = os.environ.get(MODEL_DIR_ENV)
+    if env:
+        return Path(env)
+    bundled = weights_path(DEFAULT_MODEL)
+    if bundled is not None and (bundled / SPEC_FILE).is_file():
+        return bundled
+    where = f"{bundled} has no {SPEC_FILE}" if bundled is not None else f"the {WEIGHTS_PACKAGE} package is not installed"
+    raise ModelFolderError(
+        "no model folder found. Looked at: 1. model_dir / --model-dir (not given); "
+        f"2. ${MODEL_DIR_ENV} (not set); 3. the bundled default model ({where}). "
+        f"Pass --model-dir DIR (or model_dir=DIR), or set {MODEL_DIR_ENV}=DIR, where DIR holds {SPEC_FILE}"
+    )
 
 
 def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
@@ -121,17 +155,22 @@ def _inside(name: object) -> bool:
 
 
 def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> ModelSpec:
-    """Read ``spec.json`` from ``model_dir`` (None: the bundled weights), checking hashes.
+    """Read ``spec.json`` from ``model_dir`` (None: see ``resolve_model_dir``), checking hashes.
 
     Raises:
-        ModelFolderError: no spec, a spec that cannot be read or parsed, values outside
-            ``check_limits``'s ranges, files not listed with their hash or outside the folder
-            (``check_files``), or (``verify``) a file whose hash does not match.
+        ModelFolderError: no model folder, no spec, a spec that cannot be read or parsed,
+            values outside ``check_limits``'s ranges, files not listed with their hash or
+            outside the folder (``check_files``), or (``verify``) a file whose hash does not match.
     """
-    root = Path(model_dir) if model_dir is not None else BUNDLED_MODEL_DIR
+    root = resolve_model_dir(model_dir)
     spec_path = root / SPEC_FILE
     if not spec_path.is_file():
-        raise ModelFolderError(f"{root} is not a model folder: {SPEC_FILE} not found")
+        source = "given as model_dir / --model-dir" if model_dir is not None else f"from ${MODEL_DIR_ENV}"
+        raise ModelFolderError(
+            f"{root} ({source}) is not a model folder: {SPEC_FILE} not found there. "
+            f"Pass --model-dir DIR (or model_dir=DIR) or set {MODEL_DIR_ENV}=DIR, where DIR holds {SPEC_FILE}; "
+            "without either, the bundled default model is used"
+        )
     try:
         if spec_path.stat().st_size > MAX_SPEC_BYTES:
             raise ModelFolderError(f"{spec_path} is {spec_path.stat().st_size} bytes; a spec is at most {MAX_SPEC_BYTES}")
@@ -152,6 +191,7 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
             temperature={m: float(raw.get("calibration", {}).get("temperature", {}).get(m, 1.0)) for m in MODES},
             files=dict(raw["files"]),
             raw=raw,
+            uncertain_below={m: float(raw.get("calibration", {}).get("uncertain_below", {}).get(m, UNCERTAIN_BELOW[m])) for m in MODES},
         )
     except ModelFolderError:
         raise
@@ -164,6 +204,9 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
     bad_t = {m: t for m, t in spec.temperature.items() if not 0 < t < math.inf}
     if bad_t:
         raise ModelFolderError(f"{spec_path} is malformed: calibration temperatures must be positive and finite, got {bad_t}")
+    bad_u = {m: u for m, u in spec.uncertain_below.items() if not 0 <= u <= 1}
+    if bad_u:
+        raise ModelFolderError(f"{spec_path} is malformed: calibration.uncertain_below must be scores in [0, 1], got {bad_u}")
     names = [spec.tokenizer_file, *spec.files, *(f for v in spec.graphs.values() for f in v.values()), *([raw["weights"]] if "weights" in raw else [])]
     outside = sorted({repr(n) for n in names if not _inside(n)})
     if outside:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = REPO.parent / "shared" / "data"
+DATA_ROOT = Path(os.environ.get("EMOTECH_DATA_ROOT") or REPO.parent / "shared" / "data")  # as export.data.default_data_root
 BUNDLED = REPO / "weights" / "emotech"
 TINY_MODEL_CONFIG = {
     "embed_dim": 16,

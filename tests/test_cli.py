@@ -28,7 +28,8 @@ def test_json_lines_and_bad_files_do_not_stop_the_others(tiny_model_dir, tmp_pat
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [d["path"] for d in lines] == [str(good), str(stereo)]
     for d in lines:
-        assert set(d) == {"path", "label", "scores"} and abs(sum(d["scores"].values()) - 1) < 1e-5
+        assert set(d) == {"path", "label", "scores", "uncertain", "transcript", "transcript_source"} and abs(sum(d["scores"].values()) - 1) < 1e-5
+        assert (d["transcript"], d["transcript_source"]) == ("oh no", "caller")
     errors = out.stderr.strip().splitlines()
     assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
     assert "Traceback" not in out.stderr

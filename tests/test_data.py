@@ -106,3 +106,86 @@ def test_ravdess_splits_never_share_a_speaker_and_test_is_the_same_in_both():
         assert set().union(*parts) == set(range(1, 25)), scheme
     assert data.RAVDESS_SELECTION_SPLIT["test"] == data.RAVDESS_SPLIT["test"]
     assert len(data.RAVDESS_SELECTION_SPLIT["val"]) == 6
+
+
+def test_nemo_loader_splits_by_speaker_and_leaves_out_the_polish_text(tmp_path):
+    from tests.corpus_fixtures import make_nemo
+
+    root = make_nemo(tmp_path)
+    every = data.load_nemo(root, EMO7)
+    assert len(every) == 4 * 3 * 2 and {u.corpus for u in every} == {"nemo"}
+    assert all(u.text is None and u.path.endswith(".wav") and (tmp_path / "nemo").as_posix() in u.path for u in every)
+    assert {EMO7.labels[u.label] for u in every} == {"neutral", "happy", "angry"}
+    train, val, test = (data.nemo_split(root, EMO7, s) for s in ("train", "val", "test"))
+    assert {u.speaker for u in train} == {"nemo_EB0", "nemo_KS0"} and {u.speaker for u in val} == {"nemo_KD0"} and {u.speaker for u in test} == {"nemo_IC0"}
+    # a label set without a nEMO map keeps nothing rather than guessing
+    four = data.load_labelset("iemocap4")
+    assert {four.labels[u.label] for u in data.load_nemo(root, four)} == {"neutral", "happy", "angry"}
+
+
+def test_nemo_split_is_speaker_independent_and_balanced_by_gender():
+    parts = [set(data.NEMO_SPLIT[s]) for s in ("train", "val", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(data.NEMO_SPEAKERS) and len(data.NEMO_SPEAKERS) == 9
+    female = {"EB0", "IC0", "KD0", "MK0"}  # nEMO's four actresses (manifest gender column)
+    for split in ("val", "test"):
+        assert len(set(data.NEMO_SPLIT[split]) & female) == 1 and len(data.NEMO_SPLIT[split]) == 2, split
+
+
+@requires_data
+def test_real_nemo_manifest_matches_the_split():
+    import csv
+    from collections import Counter
+
+    rows = list(csv.DictReader((DATA_ROOT / "nemo" / "manifest.csv").open(encoding="utf-8")))
+    genders = {r["speaker"]: r["gender"] for r in rows}
+    assert {s for s, g in genders.items() if g == "female"} == {"EB0", "IC0", "KD0", "MK0"}
+    items = data.load_nemo(DATA_ROOT / "nemo", EMO7)
+    assert len(items) == len(rows) == 4481
+    sizes = {s: len(data.nemo_split(DATA_ROOT / "nemo", EMO7, s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 2324, "val": 1079, "test": 1078}
+    for speaker in (*data.NEMO_SPLIT["val"], *data.NEMO_SPLIT["test"]):  # every emotion, about 90 clips each
+        counts = Counter(EMO7.labels[u.label] for u in items if u.speaker == f"nemo_{speaker}")
+        assert set(counts) == {"neutral", "happy", "sad", "angry", "fearful", "surprised"} and min(counts.values()) >= 89
+
+
+def test_load_corpora_keeps_the_corpus_of_every_item(tmp_path):
+    from export.config import DataConfig
+    from tests.corpus_fixtures import make_goemotions, make_nemo, make_ravdess
+
+    make_ravdess(tmp_path), make_nemo(tmp_path), make_goemotions(tmp_path)
+    cfg = DataConfig(data_root=str(tmp_path), audio_corpora=("ravdess", "nemo"), text_corpora=("goemotions",))
+    corpora = data.load_corpora(cfg, EMO7)
+    for split, want in (("train", {"ravdess_01", "ravdess_02", "nemo_EB0", "nemo_KS0"}), ("val", {"ravdess_19", "nemo_KD0"})):
+        items = corpora.audio[split]
+        assert {u.speaker for u in items} == want, split
+        assert all(u.corpus == u.speaker.split("_")[0] for u in items)
+    assert not any("21" in u.speaker or "IC0" in u.speaker for s in corpora.audio.values() for u in s)  # test speakers never load
+    assert {u.corpus for u in corpora.text["train"]} == {"goemotions"} and len(corpora.text["val"]) == 12
+    with pytest.raises(FileNotFoundError, match="no nEMO manifest at .*empty"):
+        data.load_corpora(DataConfig(data_root=str(tmp_path / "empty"), audio_corpora=("nemo",), text_corpora=()), EMO7)
+    with pytest.raises(FileNotFoundError, match="no train audio for ravdess under .*empty"):
+        data.load_corpora(DataConfig(data_root=str(tmp_path / "empty"), text_corpora=()), EMO7)
+
+
+def test_manifest_corpus_column_and_text_only_rows(tmp_path):
+    (tmp_path / "a.wav").write_bytes(encode(speechlike(0.5), 16000, "WAV"))
+    (tmp_path / "m.csv").write_text("path,label,text,corpus\na.wav,angry,,call_centre\n,neutral,Where is gate 4?,\n")
+    a, t = data.load_manifest(tmp_path / "m.csv", EMO7)
+    assert (a.corpus, a.text, a.path) == ("call_centre", None, str(tmp_path / "a.wav"))
+    assert (t.corpus, t.text, t.path, EMO7.labels[t.label]) == ("manifest", "Where is gate 4?", None, "neutral")
+    (tmp_path / "bad.csv").write_text("path,label,text\n,neutral,\n")
+    with pytest.raises(ValueError, match="bad.csv:2: a row needs a path, a text or both"):
+        data.load_manifest(tmp_path / "bad.csv", EMO7)
+
+
+@requires_data
+def test_meld_text_is_normalised_in_every_split():
+    """MELD's cp1252 bytes read as Latin-1 (\\x92 for an apostrophe, \\x85 for an ellipsis) and
+    typographic punctuation come out as plain ASCII punctuation."""
+    bad = set("\u2018\u2019\u201c\u201d\u2013\u2014\u2026") | {chr(c) for c in range(0x80, 0xA0)}
+    for split in ("train", "val", "test"):
+        items = data.text_split(DATA_ROOT, "meld", EMO7, split)
+        assert len(items) > 1000
+        hits = [u.text for u in items if set(u.text) & bad]
+        assert not hits, hits[:3]

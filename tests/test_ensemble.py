@@ -142,13 +142,17 @@ def test_text_from_then_ensemble_cli(tmp_path, tokenizer_file, tiny_model_config
 
 
 def test_text_from_a_folder_that_does_not_fit_is_refused(tmp_path, tiny_model_dir, tiny_model_config_file):
-    from export.train import main as train_main
+    from export.config import DataConfig, TrainConfig
+    from export.model import ModelConfig
+    from export.train import train
+    from tests.helpers import TINY_MODEL_CONFIG
     from tests.test_train_smoke import write_corpus
 
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"labels": ["calm", "agitated"]}))
     csv = write_corpus(tmp_path, 4, 0)
-    args = ["--audio-corpus", "manifest", "--train-manifest", csv, "--val-manifest", csv, "--text-corpus", "none",
-            "--labelset", str(labels), "--epochs", "1", "--model-config", str(tiny_model_config_file), "--text-from", str(tiny_model_dir)]  # fmt: skip
-    with pytest.raises(SystemExit, match="labels"):
-        train_main([*args, "--out", str(tmp_path / "x")])
+    data = DataConfig(audio_corpora=("manifest",), train_manifest=csv, val_manifest=csv, text_corpora=(), labelset=str(labels))
+    cfg = TrainConfig(epochs=1, model=ModelConfig.from_dict(TINY_MODEL_CONFIG), text_from=str(tiny_model_dir))
+    with pytest.raises(ValueError, match="its labels .* differ from this run's"):
+        train(cfg, data, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -166,3 +166,52 @@ def test_constant_value_ints_count_as_constant_axes():
     axes = helper.make_node("Constant", [], ["axes"], value_ints=[1])
     unsq = helper.make_node("Unsqueeze", ["x", "axes"], ["y"])
     assert check_model(_model([axes, unsq], [_vi("x", shape=[2])], [_vi("y")])) == []
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "opset"),
+    [("Gelu", {}, 20), ("Gelu", {"approximate": "tanh"}, 20), ("HardSwish", {}, 17), ("Mish", {}, 18)],
+)
+def test_activations_of_the_10x_table_pass(op, attrs, opset):
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    assert check_model(_model([node], [_vi("x", shape=[2, 3])], [_vi("y")], opset=opset)) == []
+
+
+def test_castlike_passes():
+    like = numpy_helper.from_array(np.zeros((1,), np.float16), "like")
+    node = helper.make_node("CastLike", ["x", "like"], ["y"])
+    assert check_model(_model([node], [_vi("x", shape=[2, 3])], [_vi("y", TensorProto.FLOAT16)], [like])) == []
+    assert load_table()["unverified"] == []
+
+
+def _half_and_float(op, **attrs):
+    w = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    node = helper.make_node(op, ["x", "w"], ["y"], name="mixed", **attrs)
+    return _model([node], [_vi("x", TensorProto.FLOAT16, [3, 3])], [_vi("y", TensorProto.FLOAT16)], [w])
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul", "Sub", "Div", "MatMul", "Max", "Sum"])
+def test_mixed_fp16_fp32_inputs_of_one_op_fail(op):
+    msg = _messages(_half_and_float(op))
+    assert "mixed" in msg and "FLOAT16 (x)" in msg and "FLOAT (w)" in msg and "strongly typed" in msg
+
+
+def test_cast_to_one_type_passes_and_other_type_rules():
+    w = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    cast = helper.make_node("Cast", ["w"], ["w16"], to=TensorProto.FLOAT16)
+    add = helper.make_node("Add", ["x", "w16"], ["y"])
+    ok = _model([cast, add], [_vi("x", TensorProto.FLOAT16, [3, 3])], [_vi("y", TensorProto.FLOAT16)], [w])
+    assert check_model(ok) == []
+    concat = helper.make_node("Concat", ["x", "x", "w"], ["y"], axis=0)  # variadic: every input one type
+    assert "mix" in _messages(_model([concat], [_vi("x", TensorProto.FLOAT16, [3, 3])], [_vi("y", TensorProto.FLOAT16)], [w]))
+    cond = numpy_helper.from_array(np.ones((3, 3), bool), "c")
+    where = helper.make_node("Where", ["c", "x", "x"], ["y"])  # BOOL condition beside FP16 values is fine
+    assert check_model(_model([where], [_vi("x", TensorProto.FLOAT16, [3, 3])], [_vi("y", TensorProto.FLOAT16)], [cond])) == []
+    where = helper.make_node("Where", ["c", "x", "w"], ["y"])
+    assert "mix" in _messages(_model([where], [_vi("x", TensorProto.FLOAT16, [3, 3])], [_vi("y", TensorProto.FLOAT16)], [cond, w]))
+
+
+def test_fp16_variant_of_the_tiny_model_is_type_consistent(tiny_model_dir):
+    from export.fp16 import convert_to_fp16
+
+    assert check_model(convert_to_fp16(onnx.load(str(tiny_model_dir / "emotech.onnx")))) == []

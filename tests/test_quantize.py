@@ -19,7 +19,7 @@ pytestmark = requires_torch
 
 
 def _feeds(model_dir, n=12, batch=4):
-    from export.quantize import feeds_for
+    from export.int8 import feeds_for
     from runtime.recognizer import EmotionRecognizer
 
     rec = EmotionRecognizer.load(model_dir)
@@ -33,7 +33,7 @@ def _feeds(model_dir, n=12, batch=4):
 
 
 def test_variant_file():
-    from export.quantize import variant_file
+    from export.variants import variant_file
 
     assert variant_file("emotech.onnx", "int8") == "emotech.int8.onnx"
     assert variant_file("audio_branch.onnx", "fp16") == "audio_branch.fp16.onnx"
@@ -42,7 +42,7 @@ def test_variant_file():
 def test_fp16_keeps_frontend_fp32_and_runs(tiny_model_dir):
     import onnxruntime as ort
 
-    from export.quantize import convert_to_fp16, tensor_types
+    from export.fp16 import convert_to_fp16, tensor_types
 
     src = onnx.load(str(tiny_model_dir / "emotech.onnx"))
     m16 = convert_to_fp16(src)
@@ -72,7 +72,7 @@ def test_fp16_keeps_frontend_fp32_and_runs(tiny_model_dir):
 def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
     import onnxruntime as ort
 
-    from export.quantize import INT8_OPS, quantize_int8
+    from export.int8 import INT8_OPS, final_classifier_nodes, quantize_int8
 
     _, feeds = _feeds(model_copy)
     dst = model_copy / "emotech.int8.onnx"
@@ -91,6 +91,8 @@ def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
             assert c.op_type in INT8_OPS and not c.name.startswith("/mfcc/"), c.name
             quantised.add(c.op_type)
     assert quantised == {"Conv", "Gemm"}  # the tiny model's MatMuls are all in the front-end
+    final = set(final_classifier_nodes(onnx.load(str(model_copy / "emotech.onnx"))))
+    assert final and not final & {c.name for dq in dqs for c in consumers.get(dq.output[0], [])}  # the classifier stays float
     assert all(not any(i.endswith("DequantizeLinear_Output") for i in n.input) for n in q.graph.node if n.op_type == "LSTM")
     inits = {i.name: i for i in q.graph.initializer}
     weights_int8 = [i for i in inits.values() if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
@@ -100,6 +102,74 @@ def test_int8_qdq_only_on_conv_matmul_gemm_outside_frontend(model_copy):
     for feed in feeds:
         a, b = softmax(s32.run(["logits"], feed)[0]), softmax(s8.run(["logits"], feed)[0])
         assert np.abs(a - b).max() <= 0.05
+
+
+def _head_with_constant_weights():
+    """x -> MatMul(W1 Constant) -> Relu -> MatMul(W2 Constant) -> Add(bias Constant) -> logits:
+    the shape of a merged ensemble's fused head, weights traced as Constant nodes."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2, b = rng.standard_normal((16, 24)).astype(np.float32), rng.standard_normal((24, 7)).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    const = lambda name, arr: helper.make_node("Constant", [], [name], name=f"/{name}", value=numpy_helper.from_array(arr, name))  # noqa: E731
+    nodes = [
+        const("W1", w1), const("W2", w2), const("b", b),
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="/MatMul"),
+        helper.make_node("Relu", ["h"], ["r"], name="/Relu"),
+        helper.make_node("MatMul", ["r", "W2"], ["z"], name="/MatMul_1"),
+        helper.make_node("Add", ["z", "b"], ["logits"], name="/Add"),
+    ]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 7])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng
+
+
+def test_int8_head_weights_per_channel_and_final_classifier_in_float(tmp_path):
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from export.int8 import final_classifier_nodes, quantize_int8
+
+    model, rng = _head_with_constant_weights()
+    assert final_classifier_nodes(model) == ["/MatMul_1"]
+    src, dst = tmp_path / "head.onnx", tmp_path / "head.int8.onnx"
+    onnx.save(model, str(src))
+    feeds = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
+    quantize_int8(src, dst, feeds)
+    q = onnx.load(str(dst))
+    assert check_model(q) == []
+    assert not [n for n in q.graph.node if n.op_type == "Constant" and n.output[0] in ("W1", "W2")]
+    inits = {i.name: i for i in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    first = next(n for n in q.graph.node if n.name == "/MatMul")
+    dq_w = producer[first.input[1]]  # the weight: stored INT8, one scale per output channel
+    assert dq_w.op_type == "DequantizeLinear" and inits[dq_w.input[0]].data_type == TensorProto.INT8
+    assert numpy_helper.to_array(inits[dq_w.input[1]]).shape == (24,)
+    assert producer[first.input[0]].op_type == "DequantizeLinear"  # the activation: Q/DQ
+    last = next(n for n in q.graph.node if n.name == "/MatMul_1")
+    assert all(x not in producer or producer[x].op_type != "DequantizeLinear" for x in last.input)  # float
+    s32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        a, b = s32.run(["logits"], feed)[0], s8.run(["logits"], feed)[0]
+        assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
+
+
+def test_cli_help_documents_every_option_once(capsys):
+    from export.quantize import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} >= {"precision", "model_dir", "data_root", "graphs", "method", "eval_limit", "force"}
+    assert all(a.help for a in options)
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for a in options:  # each option's help names its default at most once
+        helped = parser.formatter_class("x")._get_help_string(a) % {"default": a.default}
+        assert helped.count("default") <= 1, helped
+    assert "(default: 240)" in text and "(default: minmax)" in text
 
 
 def test_cli_registers_fp16_variant_loadable_by_the_runtime(model_copy, capsys):
@@ -143,7 +213,7 @@ def test_a_variant_that_fails_the_accuracy_gate_leaves_the_registered_one(model_
 
 
 def test_int8_needs_real_calibration_data(model_copy, tmp_path):
-    from export.quantize import make_variants
+    from export.variants import make_variants
 
     with pytest.raises(FileNotFoundError, match="calibration"):
         make_variants(model_copy, "int8", tmp_path / "no-data")
@@ -155,7 +225,8 @@ def test_int8_needs_real_calibration_data(model_copy, tmp_path):
 @pytest.mark.requires_data
 def test_compare_with_fp32_on_real_test_data(model_copy):
     from export.data import DEFAULT_DATA_ROOT
-    from export.quantize import compare_with_fp32, convert_to_fp16
+    from export.compare import compare_with_fp32
+    from export.fp16 import convert_to_fp16
     from runtime.recognizer import EmotionRecognizer
 
     onnx.save(convert_to_fp16(onnx.load(str(model_copy / "emotech.onnx"))), str(model_copy / "f16.onnx"))
@@ -183,10 +254,21 @@ def _shipped_variants():
 @pytest.mark.parametrize("precision", _shipped_variants() or ["fp16"])
 def test_shipped_variant_within_one_point_of_fp32(precision):
     from export.data import DEFAULT_DATA_ROOT
-    from export.quantize import MAX_UA_LOSS, compare_with_fp32
+    from export.compare import MAX_UA_LOSS, compare_with_fp32
     from runtime.recognizer import EmotionRecognizer
 
     rec = EmotionRecognizer.load(BUNDLED)
     ev = compare_with_fp32(rec, {precision: rec.spec.graph_file("fused", precision)}, DEFAULT_DATA_ROOT)
     for mode, r in ev["modes"].items():
         assert r[precision]["ua_loss_vs_fp32"] <= MAX_UA_LOSS, (mode, r)
+
+
+def test_a_variant_failing_the_parser_check_leaves_no_pending_file(model_copy, monkeypatch):
+    import export.op_support
+    from export.op_support import Issue
+    from export.variants import make_variants
+
+    monkeypatch.setattr(export.op_support, "check_file", lambda path: [Issue("n", "Gelu", "not supported")])
+    with pytest.raises(RuntimeError, match="would not parse on TensorRT 10.3"):
+        make_variants(model_copy, "fp16", None)
+    assert not list(model_copy.glob("*.new"))

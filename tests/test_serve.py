@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EMOTECH_DATA", ROOT.parent / "shared" / "data"))
 RAVDESS = DATA / "ravdess"
 SR = 16000
-TOL = 1e-5  # |server score - EmotionRecognizer.predict score|, the issue's acceptance bound
+TOL = 1e-5  # |server score - EmotionRecognizer.predict score|, the server's parity bound
 
 requires_data = pytest.mark.requires_data
 needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason=f"RAVDESS not found at {RAVDESS}")
@@ -757,6 +757,19 @@ def test_loadgen_reports_throughput_latency_and_memory(recognizer, tmp_path):
     assert sum(report["batch_size_histogram"].values()) > 0
     assert report["server"]["engine"] == "ort"
     assert "| 4 | 1.0 s |" in out.with_suffix(".md").read_text()
+
+
+def test_loadgen_spawn_reports_the_server_cpu_time(tmp_path):
+    """--spawn: the server's own process is measured too (CPU time per request, for shared machines)."""
+    pytest.importorskip("psutil")
+    out = tmp_path / "serve.json"
+    code = loadgen.main(["--spawn", "--clients", "2", "--duration", "1.5", "--warmup", "0", "--clip-seconds", "1.0", "--clips", "2",
+                         "--out", str(out), "--", "--engine", "ort", "--device", "cpu", "--no-stream"])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["server_exit_code"] == 0
+    assert report["server_cpu_s"] > 0
+    assert report["cpu_ms_per_request"] == pytest.approx(1000 * report["server_cpu_s"] / report["requests_ok"], rel=1e-2)
+    assert "ms per request" in out.with_suffix(".md").read_text()
 
 
 def test_loadgen_stops_at_max_requests(recognizer):

@@ -1,20 +1,39 @@
-"""Engine-cache logic without TensorRT: profile, key, file format, rebuild decisions."""
+"""Engine-cache logic without TensorRT: profile, key, file format, rebuild decisions, the
+ownership and symlink checks, and the build lock (two real processes)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-import stat
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
 from runtime import trt_cache
-from runtime.trt_cache import CacheCorrupt, CacheKey, CacheMismatch, CacheMissing, Profile
+from runtime.trt_cache import CacheCorrupt, CacheKey, CacheMismatch, CacheMissing, CacheUntrusted, Profile
+from tests.helpers import REPO
 
 
 def _key(**changes) -> CacheKey:
-    base = CacheKey("NVIDIA Orin", "8.7", "10.3.0", "ab" * 32, "fp16", Profile())
+    base = CacheKey(
+        gpu_name="NVIDIA Orin",
+        compute_capability="8.7",
+        sm_count=16,
+        total_memory=64 << 30,
+        driver_version="12.6",
+        cuda_runtime="12.4",
+        tensorrt_version="10.3.0",
+        onnx_sha256="ab" * 32,
+        precision="fp16",
+        profile=Profile(),
+        tf32="allowed (the library's default)",
+        workspace_bytes=None,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -55,13 +74,21 @@ def test_key_digest_depends_on_every_field():
         _key(precision="int8"),
         _key(profile=Profile(batch=(1, 4, 16))),
         _key(tf32="off (NVIDIA_TF32_OVERRIDE=0)"),
+        _key(sm_count=8),  # Orin NX and AGX Orin share a name and compute capability
+        _key(total_memory=16 << 30),
+        _key(driver_version="12.2"),
+        _key(cuda_runtime="12.6"),
+        _key(workspace_bytes=1 << 30),
     ]
     digests = {base.digest} | {k.digest for k in variants}
-    assert len(digests) == 8
+    assert len(digests) == 1 + len(variants) == 13
+    assert {f.name for f in dataclasses.fields(CacheKey)} == {k for k in base.to_dict() if k != "format"}
     assert _key().digest == base.digest  # deterministic
     name = base.filename("emotech")
     assert name.startswith("emotech.fp16.nvidia-orin-sm87-trt10.3.0.") and name.endswith(".engine")
-    assert base.timing_cache_name() == "timing.nvidia-orin-sm87-trt10.3.0.cache"
+    timing = base.timing_cache_name()
+    assert timing.startswith("timing.nvidia-orin-sm87-trt10.3.0.") and timing.endswith(".cache")
+    assert _key(sm_count=8).timing_cache_name() != timing and _key(precision="int8").timing_cache_name() == timing
 
 
 def test_pack_unpack_roundtrip_and_detection():
@@ -86,7 +113,7 @@ def test_pack_unpack_roundtrip_and_detection():
         trt_cache.unpack(blob, _key(gpu_name="NVIDIA GeForce RTX 4090"))
 
 
-def test_load_or_build_builds_once_then_loads(tmp_path, caplog):
+def test_load_or_build_builds_once_then_loads(tmp_path):
     calls = []
     path = tmp_path / "sub" / "e.engine"
 
@@ -94,12 +121,10 @@ def test_load_or_build_builds_once_then_loads(tmp_path, caplog):
         calls.append(1)
         return b"engine-bytes"
 
-    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
-        assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", True)
-        assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", False)
-    assert not caplog.records  # a missing file is not worth a warning
+    assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", True)
+    assert trt_cache.load_or_build(path, _key(), build) == (b"engine-bytes", False)
     assert len(calls) == 1
-    assert [p.name for p in path.parent.iterdir()] == ["e.engine"]  # no temporary files left
+    assert [p.name for p in path.parent.iterdir()] == ["e.engine"]  # no temporary or lock files left
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
@@ -108,16 +133,17 @@ def test_corrupt_cache_is_rebuilt_with_warning(tmp_path, damage, caplog):
     trt_cache.write(path, _key(), b"x" * 4096)
     blob = path.read_bytes()
     path.write_bytes({"truncate": blob[:-100], "garbage": b"\x00" * 50, "flip": blob[:-1] + bytes([blob[-1] ^ 1])}[damage])
-    payload, built = trt_cache.load_or_build(path, _key(), lambda: b"fresh")
-    assert "unusable" in caplog.text
-    assert (payload, built) == (b"fresh", True)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        payload, built = trt_cache.load_or_build(path, _key(), lambda: b"fresh")
+    assert (payload, built) == (b"fresh", True) and "unusable" in caplog.text
     assert trt_cache.read(path, _key()) == b"fresh"
 
 
 def test_mismatched_cache_is_rebuilt_with_warning(tmp_path, caplog):
     path = tmp_path / "e.engine"
     trt_cache.write(path, _key(tensorrt_version="10.2.0"), b"old")
-    assert trt_cache.load_or_build(path, _key(), lambda: b"new") == (b"new", True)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.load_or_build(path, _key(), lambda: b"new") == (b"new", True)
     assert "different tensorrt_version" in caplog.text
 
 
@@ -159,77 +185,186 @@ def test_parse_triple():
         trt_cache.parse_triple("1,2")
 
 
-# ------------------------------------------------------------------ an engine file is code
+def test_profile_for_max_batch():
+    spec = type("Spec", (), {"frontend": type("F", (), {"min_audio_seconds": 0.25, "max_audio_seconds": 30.0, "sample_rate": 16000})(), "max_tokens": 128})()
+    assert Profile.for_spec(spec, max_batch=64).batch == (1, 8, 64)
+    assert Profile.for_spec(spec, max_batch=4).batch == (1, 4, 4)
+    assert Profile.for_spec(spec, batch=(2, 2, 2), max_batch=64).batch == (2, 2, 2)  # an explicit range wins
+    assert Profile.for_spec(spec).batch == (1, 8, 32)
+
+
+# ------------------------------------------------------------------ trust checks
 
 
 def test_cache_folder_and_files_are_private_whatever_the_umask(tmp_path):
     old = os.umask(0)
     try:
-        path = tmp_path / "cache" / "trt" / "e.engine"
-        trt_cache.write(path, _key(), b"engine")
+        folder = tmp_path / "a" / "trt"
+        trt_cache.load_or_build(folder / "e.engine", _key(), lambda: b"bytes")
     finally:
         os.umask(old)
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert trt_cache.read(path, _key()) == b"engine"
+    assert folder.stat().st_mode & 0o777 == 0o700 and (folder / "e.engine").stat().st_mode & 0o777 == 0o600
+    link = tmp_path / "link"  # a symlinked cache folder is refused too
+    link.symlink_to(folder, target_is_directory=True)
+    with pytest.raises(CacheUntrusted, match="symbolic link"):
+        trt_cache.read(link / "e.engine", _key())
 
 
-def test_a_cache_file_others_may_write_is_not_loaded(tmp_path, caplog):
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_folder_writable_by_others_is_not_used(tmp_path, caplog, mode):
+    folder = tmp_path / "trt"
+    folder.mkdir()
+    os.chmod(folder, mode)
+    planted = folder / "e.engine"
+    trt_cache.atomic_write(planted, trt_cache.pack(_key(), b"planted"), mode=0o600)  # anyone could have put it there
+    builds = []
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        payload, built = trt_cache.load_or_build(planted, _key(), lambda: builds.append(1) or b"fresh")
+    assert (payload, built, builds) == (b"fresh", True, [1])  # built in memory, the planted file not read
+    assert "cache folder" in caplog.text and "writable by other users" in caplog.text and "not cached" in caplog.text
+    assert trt_cache.unpack(planted.read_bytes())[1] == b"planted"  # nor replaced
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_engine_file_writable_by_others_is_refused_and_rebuilt(tmp_path, caplog, mode):
     path = tmp_path / "e.engine"
     trt_cache.write(path, _key(), b"planted")
-    path.chmod(0o666)
-    with pytest.raises(trt_cache.CacheUntrusted, match="writable by other users"):
-        trt_cache.read(path, _key())
-    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.load_or_build(path, _key(), lambda: b"fresh") == (b"fresh", True)
     assert "writable by other users" in caplog.text
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and trt_cache.read(path, _key()) == b"built"
+    assert trt_cache.read(path, _key()) == b"fresh" and path.stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user needs root")
-def test_a_cache_file_owned_by_another_user_is_not_loaded(tmp_path):
+def test_engine_file_of_another_user_is_refused(tmp_path, caplog, monkeypatch):
     path = tmp_path / "e.engine"
-    trt_cache.write(path, _key(), b"planted")
-    os.chown(path, 65534, 65534)
-    with pytest.raises(trt_cache.CacheUntrusted, match="owned by uid 65534"):
+    trt_cache.write(path, _key(), b"theirs")
+    if os.geteuid() == 0:  # a real foreign owner where this runs as root
+        os.chown(path, 4242, -1)
+        with pytest.raises(CacheUntrusted, match="owned by uid 4242"):
+            trt_cache.read(path, _key())
+        os.chown(path, 0, -1)
+    real_uid = os.geteuid()
+    monkeypatch.setattr(trt_cache.os, "geteuid", lambda: real_uid + 4242)  # the file is now someone else's
+    with pytest.raises(CacheUntrusted, match="not this user"):
         trt_cache.read(path, _key())
-    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
-    assert path.stat().st_uid == os.geteuid()
+    monkeypatch.undo()
+    assert trt_cache.read(path, _key()) == b"theirs"
 
 
-def test_a_symlinked_cache_file_is_not_followed(tmp_path):
-    elsewhere = tmp_path / "elsewhere.engine"
-    trt_cache.write(elsewhere, _key(), b"planted")
-    path = tmp_path / "cache" / "e.engine"
-    trt_cache.private_dir(path.parent)
-    path.symlink_to(elsewhere)
-    with pytest.raises(trt_cache.CacheUntrusted, match="symbolic link"):
+def test_symlinks_are_not_followed_and_get_replaced(tmp_path, caplog):
+    target = tmp_path / "outside" / "e.engine"
+    trt_cache.write(target, _key(), b"elsewhere")
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    path = cache / "e.engine"
+    path.symlink_to(target)
+    with pytest.raises(CacheUntrusted, match="symbolic link"):
         trt_cache.read(path, _key())
-    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
-    assert not path.is_symlink() and trt_cache.read(elsewhere, _key()) == b"planted"  # the link was replaced, not its target
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.load_or_build(path, _key(), lambda: b"fresh") == (b"fresh", True)
+    assert "symbolic link" in caplog.text
+    assert not path.is_symlink() and trt_cache.read(path, _key()) == b"fresh"
+    assert trt_cache.read(target, _key()) == b"elsewhere"  # the link's target untouched
 
 
-def test_a_folder_others_may_write_is_neither_read_nor_written(tmp_path, caplog):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    path = shared / "e.engine"
-    trt_cache.atomic_write(path, trt_cache.pack(_key(), b"planted"), mode=0o600)
-    shared.chmod(0o777)
-    with pytest.raises(trt_cache.CacheUntrusted, match="cache folder .* writable by other users"):
-        trt_cache.read(path, _key())
-    assert trt_cache.load_or_build(path, _key(), lambda: b"built") == (b"built", True)
-    assert "not cached" in caplog.text
-    assert trt_cache.unpack(path.read_bytes())[1] == b"planted"  # untouched: nothing is written there
-    link = tmp_path / "link"
-    link.symlink_to(tmp_path / "cache-target", target_is_directory=True)
-    (tmp_path / "cache-target").mkdir(mode=0o700)
-    with pytest.raises(trt_cache.CacheUntrusted, match="symbolic link"):
-        trt_cache.check_private_dir(link)
+def test_non_regular_files_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "e.engine"
+    os.mkfifo(fifo)  # an open(O_RDONLY) of a FIFO without a writer would hang
+    with pytest.raises(CacheUntrusted, match="not a regular file"):
+        trt_cache.read(fifo, _key())
+    (tmp_path / "d.engine").mkdir()
+    with pytest.raises(CacheUntrusted, match="not a regular file"):
+        trt_cache.read(tmp_path / "d.engine", _key())
 
 
-def test_an_untrusted_timing_cache_is_ignored(tmp_path, caplog):
+def test_timing_cache_reads_are_checked(tmp_path, caplog):
     path = tmp_path / "timing.cache"
-    trt_cache.write_private(path, b"timings")
-    assert trt_cache.read_timing_cache(path) == b"timings"
-    path.chmod(0o646)
-    assert trt_cache.read_timing_cache(path) == b"" and "timing cache not used" in caplog.text
-    assert trt_cache.read_timing_cache(tmp_path / "none.cache") == b""
+    assert trt_cache.read_timing_cache(path) == b""
+    trt_cache.write_private(path, b"tactics")
+    assert trt_cache.read_timing_cache(path) == b"tactics"
+    os.chmod(path, 0o666)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.read_timing_cache(path) == b""
+    assert "timing cache not used" in caplog.text
+
+
+# ------------------------------------------------------------------- build lock
+
+
+_BUILDER = textwrap.dedent(
+    """
+    import dataclasses, json, sys, time
+    from pathlib import Path
+    from runtime import trt_cache
+    from tests.test_trt_cache import _key
+
+    path, log, start = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+    while time.time() < start:  # both processes ask at the same moment
+        time.sleep(0.005)
+
+    def build():
+        with open(log, "a") as fh:
+            fh.write("build\\n")
+        time.sleep(1.0)  # a build takes a while; the other process arrives meanwhile
+        return b"engine-" + sys.argv[4].encode()
+
+    payload, built = trt_cache.load_or_build(path, _key(), build)
+    print(json.dumps({"payload": payload.decode(), "built": built}))
+    """
+)
+
+
+def test_two_processes_starting_together_build_once(tmp_path):
+    path, log = tmp_path / "cache" / "e.engine", tmp_path / "builds.log"
+    start = time.time() + 1.5
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _BUILDER, str(path), str(log), str(start), name], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert log.read_text() == "build\n"  # one build
+    assert sorted(r["built"] for r in results) == [False, True]
+    assert results[0]["payload"] == results[1]["payload"] == trt_cache.read(path, _key()).decode()
+
+
+def test_threads_share_the_lock_too(tmp_path):
+    import threading
+
+    path = tmp_path / "e.engine"
+    builds, results = [], []
+
+    def build():
+        builds.append(1)
+        time.sleep(0.3)
+        return b"engine"
+
+    threads = [threading.Thread(target=lambda: results.append(trt_cache.load_or_build(path, _key(), build))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and sorted(r[1] for r in results) == [False, False, False, True]
+
+
+def test_a_crashed_build_does_not_hold_the_lock(tmp_path):
+    path = tmp_path / "e.engine"
+    with pytest.raises(RuntimeError, match="boom"):
+        trt_cache.load_or_build(path, _key(), lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert trt_cache.load_or_build(path, _key(), lambda: b"ok") == (b"ok", True)
+
+
+def test_a_finished_build_survives_an_unwritable_cache(tmp_path, monkeypatch, caplog):  # e.g. a full disk
+    path = tmp_path / "e.engine"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trt_cache, "atomic_write", full_disk)
+    with caplog.at_level(logging.WARNING, logger="runtime.trt_cache"):
+        assert trt_cache.load_or_build(path, _key(), lambda: b"engine") == (b"engine", True)
+    assert "not cached" in caplog.text and not path.exists()

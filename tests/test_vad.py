@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 from benchmarks.loadgen import speechlike
 from runtime.server.vad import (
     SAMPLE_RATE,
-    VAD_MODEL,
+    vad_model_path,
     VAD_SHA256,
     WINDOW,
     Segmenter,
@@ -48,8 +48,8 @@ def segment(vad: SileroVad, audio: np.ndarray, chunk: int, cfg: VadConfig = VadC
 
 
 def test_vendored_model_matches_recorded_hash():
-    assert sha256_file(VAD_MODEL) == VAD_SHA256
-    assert (VAD_MODEL.parent / "LICENSE").read_text().startswith("MIT License")
+    assert sha256_file(vad_model_path()) == VAD_SHA256
+    assert (vad_model_path().parent / "LICENSE").read_text().startswith("MIT License")
 
 
 def test_scores_speechlike_signal_as_speech_and_noise_as_not(vad):

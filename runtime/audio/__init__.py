@@ -21,6 +21,7 @@ from runtime.audio.condition import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     SILENCE_PEAK,
+    StreamResampler,
     check_clip,
     check_rate,
     condition_audio,

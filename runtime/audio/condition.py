@@ -75,7 +75,30 @@ def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
         raise AudioError(f"sample rate must be positive, got {rate}")
     import soxr
 
-    return soxr.resample(audio, rate, target, quality="HQ").astype(np.float32, copy=False)
+    return soxr.resample(audio, rate, target, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+
+
+RESAMPLE_QUALITY = "HQ"  # libsoxr's high-quality filter, for whole clips and streams alike
+
+
+class StreamResampler:
+    """``resample`` for mono audio that arrives in pieces (a live stream): libsoxr keeps its
+    filter state between calls, so the pieces' outputs, with the tail that ``last=True``
+    returns, concatenate to ``resample`` of the whole."""
+
+    def __init__(self, rate: int, target: int):
+        self.rate, self.target = rate, target
+        if rate != target:
+            import soxr
+
+            self._stream = soxr.ResampleStream(rate, target, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+
+    def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        """float32 mono samples at ``rate`` -> those at ``target`` (``last``: also the filter's tail)."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if self.rate == self.target:
+            return samples
+        return self._stream.resample_chunk(samples, last=last)
 
 
 def _finite_peak(audio: np.ndarray) -> float:

@@ -27,6 +27,21 @@ OUTPUT = "logits"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def parse_device(device: str) -> tuple[str, int]:
+    """``"cpu"`` -> ("cpu", 0); ``"cuda"`` -> ("cuda", 0); ``"cuda:N"`` -> ("cuda", N).
+
+    Raises:
+        ValueError: any other string, naming the accepted forms.
+    """
+    if device == "cpu":
+        return "cpu", 0
+    if device == "cuda":
+        return "cuda", 0
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        return "cuda", int(device[5:])
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
 class Engine(abc.ABC):
     """One loaded model on one backend."""
 
@@ -86,3 +101,8 @@ def check_feed(feed: dict[str, np.ndarray]) -> None:
             raise ValueError(f"input {name} must be {np.dtype(dtype).name} of rank {rank}, got {a.dtype} of shape {a.shape}")
         if a.shape[0] != batch:
             raise ValueError(f"input {name} has batch {a.shape[0]}, expected {batch}")
+    # a length beyond its padded width makes the graph read past the row (undefined in TensorRT)
+    for lengths, padded in (("audio_lengths", "audio"), ("token_lengths", "tokens")):
+        width, n = feed[padded].shape[1], feed[lengths]
+        if n.size and (n.min() < 0 or n.max() > width):
+            raise ValueError(f"input {lengths} must be within 0..{width} (the width of {padded}), got {n.min()}..{n.max()}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.engines.base import OUTPUT, Engine, tf32_setting
+from runtime.engines.base import OUTPUT, Engine, parse_device, tf32_setting
 from runtime.errors import EngineUnavailableError, ModelFolderError
 from runtime.spec import ModelSpec
 
@@ -44,11 +44,9 @@ class OrtEngine(Engine):
         """``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
         ``spin``: how the intra-op threads wait for work. "during" (default): busy-wait
         inside a run, sleep as soon as it ends; "always": also keep spinning after a run
-        (ONNX Runtime's own default); "never": always sleep. On the 2-core build machine
-        (benchmarks/results/intel-xeon-2c/latency.md and ort-spin-*/, README "Benchmarks"):
-        "never" is slower at batch 1 in every run; "during" and "always" differ by a few per cent
-        either way from run to run, within the machine's drift, but "always" keeps a core
-        spinning between requests, taking it from the next batch's decoding."""
+        (ONNX Runtime's own default); "never": always sleep. "during" is the default because
+        "never" is slower at batch 1 and "always" keeps a core spinning between requests,
+        taking it from the next batch's decoding (docs/benchmarks.md, "Thread spinning")."""
         if threads is not None and threads < 0:
             raise ValueError(f"threads must be >= 1 (0 or None: the default), got {threads}")
         if spin not in SPIN_MODES:
@@ -67,24 +65,23 @@ class OrtEngine(Engine):
         for key, value in SPIN_MODES[spin].items():
             opts.add_session_config_entry(key, value)
         available = ort.get_available_providers()
-        if device == "cpu":
-            providers = ["CPUExecutionProvider"]
-        elif device == "cuda":
+        kind, index = parse_device(device)
+        if kind == "cpu":
+            providers: list = ["CPUExecutionProvider"]
+        else:
             if "CUDAExecutionProvider" not in available:
                 raise EngineUnavailableError(
-                    "engine 'ort' on cuda needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"engine 'ort' on {device} needs onnxruntime-gpu (CUDAExecutionProvider); "
                     f"this onnxruntime has {', '.join(available)}. Use device='cpu' or engine='torch'."
                 )
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
                 ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.Fail) as e:
             raise ModelFolderError(f"{path}: ONNX Runtime {ort.__version__} cannot load this graph ({str(e)[:300]}); "
                                    "copy it from the release, or re-export it") from e
-        if device == "cuda":
+        if kind == "cuda":
             require_cuda_provider(self.session, f"engine 'ort' ({precision})")
         self._version = ort.__version__
         self._spin = spin
@@ -99,7 +96,7 @@ class OrtEngine(Engine):
             "providers": ",".join(self.session.get_providers()),
             "thread_spinning": self._spin,
         }
-        if self.device == "cuda":
+        if parse_device(self.device)[0] == "cuda":
             out["tf32"] = tf32_setting(self.session.get_provider_options().get("CUDAExecutionProvider", {}).get("use_tf32"))
         return out
 

@@ -51,10 +51,8 @@ class TorchEngine(Engine):
 
         spec.require(spec.raw.get("weights", "model.safetensors"), "engine 'torch'")
         model, _ = load_torch_model(spec.root)
-        # An ensemble runs merged, as in the ONNX graph. On the 2-core CPU that made batch 1
-        # faster and batch 32 slower (end to end 11.9 -> 10.1 ms and 184 -> 209 ms, the
-        # torch rows of benchmarks/results/intel-xeon-2c/latency.md at commits dce4484 and fc794f2); on
-        # a GPU, where fewer kernel launches matter most, it has not been measured.
+        # An ensemble runs merged, as in the ONNX graph: fewer, larger kernels (on a 2-core
+        # CPU faster at batch 1, slower at batch 32: docs/benchmarks.md, "Merged ensemble").
         self.model = inference_form(model).to(dev).eval()
         self.dev = dev
         self.fp16 = precision == "fp16"

@@ -22,6 +22,7 @@ import ipaddress
 
 from aiohttp import web
 
+from runtime.server import demo
 from runtime.server.limits import ApiError, ServeConfig, is_loopback
 
 PREFLIGHT_MAX_AGE_S = 600  # how long a browser may cache a preflight answer
@@ -96,11 +97,14 @@ def preflight(request: web.Request, origin: str) -> web.Response:
 
 
 def check_api_key(request: web.Request, key: str | None) -> None:
-    """Raise ``ApiError`` 401 unless the request carries ``Authorization: Bearer <key>``
-    (no key: every request passes; ``/healthz`` always does)."""
-    if not key or request.path == "/healthz":
-        return
+    """Raise ``ApiError`` 401 unless the request carries ``Authorization: Bearer <key>``, or on
+    ``/v1/stream`` the key subprotocol (``runtime.server.demo``) (no key: every request
+    passes; ``/healthz`` and the demo page's files always do)."""
+    if not key or request.path == "/healthz" or demo.is_page_path(request.path):
+        return  # the demo page's files hold no data; the page asks for the key itself
     given = request.headers.get("Authorization", "")
+    if not given and request.path == "/v1/stream":  # a browser WebSocket sends it as a subprotocol
+        given = demo.bearer_from_subprotocol(request)
     # surrogatepass: a header's undecodable bytes arrive as lone surrogates
     # the scheme name is case-insensitive (RFC 9110 11.1), the key is not
     if not (given[:7].lower() == "bearer " and hmac.compare_digest(given[7:].encode("utf-8", "surrogatepass"), key.encode("ascii"))):

@@ -11,6 +11,7 @@ parsed (``runtime.server.forms``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ import time
 from aiohttp import web
 
 from runtime.recognizer import EmotionRecognizer
-from runtime.server import access, forms, limits, openapi
+from runtime.server import access, demo, forms, limits, openapi
 from runtime.server.limits import ApiError, ServeConfig
 from runtime.server.state import STATE, ServerState, json_response, result_body, time_limit
 from runtime.server.stream import stream
@@ -144,7 +145,7 @@ async def model(request: web.Request) -> web.Response:
         "max_body_bytes": cfg.max_body_bytes,
         "max_audio_seconds": state.max_audio_seconds,
         "max_text_chars": state.max_text_chars,
-        "stream": {"available": state.vad is not None, "sample_rate": 16000,
+        "stream": {"available": state.vad is not None, "sample_rate": 16000, "smoothing_half_life_s": cfg.smoothing_half_life_s,
                    "vad": state.vad_config.__dict__ if state.vad_config is not None else None},
     }
     return json_response(body)
@@ -175,7 +176,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None, vad: SileroVad | None = None,
-               vad_config: VadConfig | None = None, warm_up: bool = True) -> web.Application:
+               vad_config: VadConfig | None = None, warm_up: bool = True, demo_page: bool = True) -> web.Application:
     """The server application for a loaded recognizer.
 
     Args:
@@ -183,16 +184,19 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
         config: batching, queue and limit options (default: ``ServeConfig()``).
         vad: the voice-activity detector for ``/v1/stream`` (None: the stream endpoint
             answers 503).
-        vad_config: segmentation options (default: ``VadConfig`` with the model's max length).
+        vad_config: segmentation options (default: ``VadConfig()``); its ``max_speech_s`` is
+            capped at the longest clip the server accepts.
         warm_up: run the warm-up batches at start-up before ``/readyz`` turns ready.
+        demo_page: serve the live demo page at ``/`` (``runtime.server.demo``).
     """
     config = config or ServeConfig()
-    if vad_config is None and vad is not None:
+    if vad is not None:
         # streamed utterances are cut at the length /v1/recognize accepts (--max-audio-seconds)
         model_max = recognizer.spec.frontend.max_audio_seconds
         longest = min(config.max_audio_seconds or model_max, model_max)
+        vad_config = vad_config or VadConfig()
         try:
-            vad_config = VadConfig(max_speech_s=longest)
+            vad_config = dataclasses.replace(vad_config, max_speech_s=min(vad_config.max_speech_s, longest))
         except ValueError as e:
             raise ValueError(f"max_audio_seconds {longest:g} is too short to stream utterances: {e}") from e
     app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body_bytes)
@@ -205,6 +209,8 @@ def create_app(recognizer: EmotionRecognizer, config: ServeConfig | None = None,
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
+    if demo_page:
+        demo.add_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         state.batcher.start()

@@ -19,7 +19,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.asr import TranscriptionError
 from runtime.errors import AudioDecodeError, AudioError, AudioTooLargeError, AudioTooLongError, EmotionError, TextError
+from runtime.server.smoothing import DEFAULT_HALF_LIFE_S, check_half_life
 from runtime.text import unicode_problem
 
 
@@ -40,6 +42,7 @@ class ServeConfig:
     api_key: str | None = None  # when set, every endpoint but /healthz needs "Authorization: Bearer <key>"
     decode_threads: int = 2  # threads that decode and resample request audio
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may take to finish
+    smoothing_half_life_s: float = DEFAULT_HALF_LIFE_S  # /v1/stream score smoothing (runtime.server.smoothing); 0: off
     max_connections: int = 256  # open connections; at the cap the longest-waiting idle one is closed (else 503)
     header_timeout_s: float = 10.0  # a request's head must arrive within this (from connect or its first byte)
     keepalive_s: float = 5.0  # an idle keep-alive connection is closed after this
@@ -86,6 +89,7 @@ def validate_config(cfg: ServeConfig) -> None:
         raise ValueError(f"decode_threads must be >= 1, got {cfg.decode_threads}")
     if cfg.api_key is not None:
         check_api_key(cfg.api_key)
+    check_half_life(cfg.smoothing_half_life_s)
     if not 1 <= cfg.max_connections <= 65536:
         raise ValueError(f"max_connections must be in [1, 65536], got {cfg.max_connections}")
     for name in ("header_timeout_s", "keepalive_s", "stream_idle_s"):
@@ -278,4 +282,6 @@ def from_emotion_error(e: EmotionError) -> ApiError:
         return ApiError(422, "invalid_audio", str(e))
     if isinstance(e, TextError):
         return ApiError(422, "invalid_text", str(e))
+    if isinstance(e, TranscriptionError):  # the server's recogniser failed, not the input
+        return ApiError(500, "transcription_failed", str(e))
     return ApiError(400, "bad_request", str(e))

@@ -23,16 +23,19 @@ def schema() -> dict:
     scores = {"type": "object", "additionalProperties": {"type": "number"}, "description": "calibrated probability per label; sums to 1"}
     result = {
         "type": "object",
-        "required": ["label", "scores", "modalities", "duration_s", "timings_ms", "batch_size"],
+        "required": ["label", "scores", "uncertain", "modalities", "duration_s", "transcript", "transcript_source", "timings_ms", "batch_size"],
         "properties": {
             "label": {"type": "string", "description": "the top-scoring emotion"},
             "scores": scores,
             "modalities": {"type": "array", "items": {"enum": ["audio", "text"]}},
+            "uncertain": {"type": "boolean", "description": "the top score is below the mode's threshold (spec.json calibration.uncertain_below): the label is more likely wrong than right"},
             "duration_s": {"type": ["number", "null"], "description": "seconds of audio the model scored: the clip after its leading and trailing silence was trimmed; null for text-only"},
+            "transcript": {"type": ["string", "null"], "description": "the text the model read: the caller's, or the server's speech recogniser's (--asr) when the caller sent none; null without text"},
+            "transcript_source": {"type": ["string", "null"], "examples": ["caller", "asr:pocketsphinx"], "description": "where the transcript came from: 'caller', 'asr:<name>' (--asr), or null"},
             "timings_ms": {
                 "type": "object",
                 "properties": {k: {"type": "number"} for k in ("decode", "queue", "infer", "total")},
-                "description": "decode+validate, wait for a batch, the batch's engine call, end to end in the server",
+                "description": "decode+validate (and the speech recogniser's transcription, with --asr), wait for a batch, the batch's engine call, end to end in the server",
             },
             "batch_size": {"type": "integer", "description": "items in the engine call that served this request"},
         },
@@ -88,27 +91,43 @@ def schema() -> dict:
                     "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a "
                                   "sample rate outside 4000-1000000 Hz; text that is not valid Unicode, or without "
                                   "words and no audio"),
-                    "500": _error("the engine failed on this request's batch"),
+                    "500": _error("the engine failed on this request's batch, or the server's speech recogniser failed (transcription_failed)"),
                     "503": _error("queue full (see Retry-After), shutting down, max_connections connections open "
                                   "and none can make room, or request bodies filling max_pending_body_bytes for 2 s"),
                     "504": _error("no result within timeout_s"),
                 },
             }},
             "/v1/stream": {"get": {
-                "summary": "WebSocket: PCM16 16 kHz audio in, one result per utterance out",
+                "summary": "WebSocket: PCM16 audio in, one result per utterance out",
                 "description": (
-                    "Upgrade to a WebSocket. Send binary frames of little-endian PCM16 mono 16 kHz audio, optionally "
-                    "text frames {\"type\":\"transcript\",\"text\":...} (attached to the utterance in progress or the next), "
-                    "and {\"type\":\"end\"}. The server sends {\"type\":\"ready\"}, then per utterance found by Silero VAD "
-                    "{\"type\":\"result\",\"segment\",\"start_s\",\"end_s\", ...Result} or {\"type\":\"error\",...}, and "
-                    "finally {\"type\":\"done\",\"segments\":N} before closing. Limits: frames of at most max_frame_bytes "
-                    "(else close 1009); at most max_stream_pending utterances in recognition (further frames wait); "
-                    "no frame for stream_idle_s: an idle_timeout error and close 1008; faster than stream_speed x real time "
-                    "for 10 s without a break: a too_fast error and close 1008."),
-                "responses": {"101": {"description": "switching protocols"},
+                    "Upgrade to a WebSocket. Optionally first send {\"type\":\"start\",\"sample_rate\":8000..48000 (default "
+                    "16000; the server resamples to 16 kHz),\"smoothing_half_life_s\":0..3600 (default --smoothing-half-life-s),"
+                    "\"per_modality\":bool}, before any audio and once (a bad or late one: an invalid_start error and close "
+                    "code 1008), answered by {\"type\":\"started\",...}. Send binary frames of little-endian PCM16 mono audio "
+                    "at that rate, optionally text frames {\"type\":\"transcript\",\"text\":...} (attached to the utterance "
+                    "in progress or the next; without one, the server's --asr recogniser transcribes the utterance), and "
+                    "{\"type\":\"end\"}. The server sends {\"type\":\"ready\"}, then per utterance found by Silero VAD "
+                    "(--vad-threshold, --vad-min-silence-ms, --vad-pad-ms), in utterance order, {\"type\":\"result\",\"segment\","
+                    "\"start_s\",\"end_s\", ...Result, \"smoothed\":{\"label\",\"scores\",\"half_life_s\"} (the decaying mean "
+                    "of this stream's scores: weight 2^(-age/half_life_s) by the utterances' end times), and with per_modality "
+                    "\"modality_scores\":{\"audio\":scores of the audio alone,\"text\":scores of the transcript alone or null}} "
+                    "or {\"type\":\"error\",...}, and finally {\"type\":\"done\",\"segments\":N} before closing. With "
+                    "--api-key, a browser (which cannot set headers on a WebSocket) offers the subprotocols \"emotech.v1\" and "
+                    "\"emotech.key.<base64url of the key, no padding>\"; the server selects \"emotech.v1\". Limits: frames of "
+                    "at most max_frame_bytes (else close 1009); at most max_stream_pending utterances in recognition "
+                    "(further frames wait); audio faster than stream_speed x real time is slowed, and closed (too_fast, "
+                    "1008) after 10 s of it; no frame for stream_idle_s: an idle_timeout error and close 1008."),
+                "responses": {"101": {"description": "switching protocols"}, "401": _error("missing or wrong API key"),
                               "403": _error("a web page Origin other than the server's own and --allow-origin"),
                               "503": _error("no VAD available, max_streams streams open (see Retry-After), or shutting down")},
             }},
+            "/": {"get": {"summary": "The live demo page (no auth; off with --no-demo): microphone to /v1/stream in the browser",
+                          "security": [],
+                          "responses": {"200": {"description": "HTML, same-origin Content-Security-Policy", "content": {"text/html": {}}}}}},
+            "/demo/{name}": {"get": {"summary": "The demo page's script, style and AudioWorklet (no auth)", "security": [],
+                                     "parameters": [{"name": "name", "in": "path", "required": True, "schema": {
+                                         "enum": ["demo.js", "demo.css", "capture-worklet.js", "index.html"]}}],
+                                     "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}}}},
             "/v1/model": {"get": {"summary": "Labels, engine, precision, versions, file hashes and server limits",
                                   "responses": {"200": {"description": "model description", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/healthz": {"get": {"summary": "Liveness (no auth)", "security": [],

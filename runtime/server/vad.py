@@ -21,11 +21,20 @@ import numpy as np
 
 from runtime.errors import ModelFolderError
 
-VAD_MODEL = Path(__file__).resolve().parents[2] / "weights" / "silero_vad" / "silero_vad_16k_op15.onnx"
+VAD_MODEL_PARTS = ("silero_vad", "silero_vad_16k_op15.onnx")  # inside the weights package
 VAD_SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
 SAMPLE_RATE = 16000  # the only rate this model variant accepts
 WINDOW = 512  # samples scored per call (32 ms)
 CONTEXT = 64  # samples of the previous window prepended to each call
+MAX_SILENCE_MS = 10_000  # a longer pause is no longer "inside one utterance"
+MAX_PAD_MS = 1_000  # more padding only adds silence to every utterance
+
+
+def vad_model_path() -> Path | None:
+    """The bundled Silero VAD model file (None when the weights package is not installed)."""
+    from runtime.spec import weights_path
+
+    return weights_path(*VAD_MODEL_PARTS)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,9 @@ class VadConfig:
             raise ValueError(f"neg_threshold must be in (0, threshold], got {self.neg_threshold}")
         if self.min_speech_ms < 0 or self.min_silence_ms < 0 or self.pad_ms < 0:
             raise ValueError("min_speech_ms, min_silence_ms and pad_ms must be >= 0")
+        if self.min_silence_ms > MAX_SILENCE_MS or self.pad_ms > MAX_PAD_MS:
+            raise ValueError(f"min_silence_ms must be <= {MAX_SILENCE_MS} and pad_ms <= {MAX_PAD_MS}, "
+                             f"got {self.min_silence_ms} and {self.pad_ms}")
         if self.max_speech_s * 1000 <= self.min_speech_ms:
             raise ValueError("max_speech_s must be longer than min_speech_ms")
 
@@ -58,15 +70,17 @@ class VadConfig:
 class SileroVad:
     """The Silero VAD ONNX model: speech probability per 512-sample window."""
 
-    def __init__(self, path: str | Path = VAD_MODEL, verify: bool = True):
+    def __init__(self, path: str | Path | None = None, verify: bool = True):
+        """Load the model from ``path`` (None: the bundled copy; ``verify`` checks its sha256)."""
         import onnxruntime as ort
 
         from runtime.spec import sha256_file
 
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFolderError(f"VAD model not found: {path} (see weights/silero_vad/README.md)")
-        if verify and path == VAD_MODEL and sha256_file(path) != VAD_SHA256:
+        bundled = vad_model_path()
+        path = Path(path) if path is not None else bundled
+        if path is None or not path.is_file():
+            raise ModelFolderError(f"VAD model not found: {path or 'the emotech_weights package is not installed'} (see weights/silero_vad/README.md)")
+        if verify and path == bundled and sha256_file(path) != VAD_SHA256:
             raise ModelFolderError(f"{path} does not match its sha256 {VAD_SHA256}")
         opts = ort.SessionOptions()
         # One window is ~0.3 ms of work: threads would cost more than they save.
