@@ -732,3 +732,22 @@ def test_a_stream_always_ahead_of_stream_speed_is_closed(recognizer, vad, monkey
     errors = [m["error"]["code"] for m in messages if m["type"] == "error"]
     assert errors == ["too_fast"] and messages[-1]["type"] == "done" and code == 1008, messages
     assert took < 10  # 10 s burst + 1 s held back at 2x real time: ~6 s, not the 35 s pacing 80 s would take
+
+
+def test_a_connection_flood_is_a_few_log_lines_not_one_per_connection(recognizer, caplog):
+    with caplog.at_level(logging.DEBUG, logger="runtime.server"):
+        srv = serve(recognizer, max_connections=20)
+        socks = []
+        try:
+            for _ in range(120):
+                s = connect(srv.url)
+                s.sendall(b"GET /healthz HTTP/1.1\r\n")
+                socks.append(s)
+                time.sleep(0.002)
+            time.sleep(0.2)
+        finally:
+            for s in socks:
+                s.close()
+            srv.stop()
+    above_debug = [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG and r.name.startswith("runtime.server.conn")]
+    assert len(above_debug) == 1 and "reached the connection cap (20)" in above_debug[0], above_debug

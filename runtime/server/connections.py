@@ -51,6 +51,7 @@ def accept_burst(max_connections: int) -> int:
     iteration: at most half the cap, so that a burst displaces only connections older than
     the one before it, never a connection whose head has not yet been read."""
     return max(1, min(128, max_connections // 2))
+REPORT_EVERY_S = 10.0  # at the connection cap, one log line per this many seconds
 # Bytes a request head may have (aiohttp's own limits, 8190 bytes a line and 128 lines,
 # are checked after this; real heads are well under 8 kB).
 MAX_HEAD_BYTES = 64 * 1024
@@ -95,6 +96,8 @@ class ConnectionGuard:
         # (moved to the end whenever bytes arrive or it starts waiting)
         self._waiting: dict[_Conn, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._at_cap = {"evicted": 0, "refused": 0}  # since the last report
+        self._reported_at: float | None = None  # loop time of the last cap report
 
     @property
     def open(self) -> int:
@@ -148,8 +151,8 @@ class ConnectionGuard:
             if victim is None:
                 self._refuse(transport)
                 return None
-            logger.info("connection cap (%d) reached: closing the %s connection from %s (%.1f s in that state)",
-                        self.max_connections, victim.state, victim.peer, loop.time() - victim.since)
+            logger.debug("connection cap (%d) reached: closing the %s connection from %s (%.1f s in that state)",
+                         self.max_connections, victim.state, victim.peer, loop.time() - victim.since)
             self._close(victim, "evicted")
         conn = _Conn(transport, loop.time())
         self._conns[transport] = conn
@@ -172,8 +175,7 @@ class ConnectionGuard:
             "code": "too_many_connections",
             "message": f"the server has {self.max_connections} connections open, all of them busy; retry shortly",
             "limit": "max_connections", "max": self.max_connections}, "Retry-After: 1\r\n")
-        if self.on_close:
-            self.on_close("refused")
+        self._count("refused")
 
     def _too_large_head(self, conn: _Conn) -> None:
         self._forget(conn)
@@ -217,8 +219,26 @@ class ConnectionGuard:
     def _close(self, conn: _Conn, reason: str | None) -> None:
         self._forget(conn)
         conn.transport.close()
-        if reason and self.on_close:
+        if reason:
+            self._count(reason)
+
+    def _count(self, reason: str) -> None:
+        """Report a closed connection to ``on_close``, and at the cap, once per
+        ``REPORT_EVERY_S``, log how many were displaced or refused (one line, however many)."""
+        if self.on_close:
             self.on_close(reason)
+        if reason in ("evicted", "refused"):
+            self._at_cap[reason] += 1
+            now = self._loop.time() if self._loop else 0.0
+            if self._reported_at is None or now - self._reported_at >= 6 * REPORT_EVERY_S:  # a new episode
+                logger.warning("reached the connection cap (%d): closing idle or slow connections to make room "
+                               "(a count follows every %.0f s while it lasts)", self.max_connections, REPORT_EVERY_S)
+                self._at_cap, self._reported_at = {"evicted": 0, "refused": 0}, now
+            elif now - self._reported_at >= REPORT_EVERY_S:
+                logger.warning("at the connection cap (%d): %d idle or slow connections closed to make room and %d new ones "
+                               "refused in the last %.0f s", self.max_connections, self._at_cap["evicted"],
+                               self._at_cap["refused"], now - self._reported_at)
+                self._at_cap, self._reported_at = {"evicted": 0, "refused": 0}, now
 
     def _forget(self, conn: _Conn) -> None:
         if self._conns.get(conn.transport) is conn:

@@ -87,12 +87,13 @@ def schema() -> dict:
                                   "text-only application/x-www-form-urlencoded form"),
                     "417": _error("an Expect header other than 100-continue (which is answered once the request passed "
                                   "its checks, so a refused upload is refused before its body is sent)"),
+                    "431": _error("a request head over 64 KiB"),
                     "422": _error("unusable input: audio empty, silent, too short, non-finite, out of range or at a "
                                   "sample rate outside 4000-1000000 Hz; text that is not valid Unicode, or without "
                                   "words and no audio"),
                     "500": _error("the engine failed on this request's batch, or the server's speech recogniser failed (transcription_failed)"),
-                    "503": _error("queue full (see Retry-After), shutting down, or max_connections connections open "
-                                  "and all busy"),
+                    "503": _error("queue full (see Retry-After), shutting down, max_connections connections open "
+                                  "and none can make room, or request bodies filling max_pending_body_bytes for 2 s"),
                     "504": _error("no result within timeout_s"),
                 },
             }},
