@@ -324,6 +324,8 @@ def test_trained_folder_records_selection_calibration_and_parity(tiny_zoo_dir):
     assert all(r["label_agreement"] >= 0.99 for r in parity["end_to_end"].values())
     assert all(0 < t < 100 for t in spec["calibration"]["temperature"].values())
     assert spec["model"]["parameters"]["total"] == sum(v for k, v in spec["model"]["parameters"].items() if k != "total")
+    card = (tiny_zoo_dir / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card and training["command"] in card
 
 
 def test_torch_engine_refuses_an_onnx_only_folder_and_names_the_alternative(tiny_zoo_dir):
@@ -340,6 +342,7 @@ def test_the_graph_is_flagged_by_the_tensorrt_check_for_its_ml_ops(tiny_zoo_dir)
 
     issues = check_file(tiny_zoo_dir / "model.onnx")
     assert {i.op for i in issues} >= {"LinearClassifier"}
+    assert sum("custom domain 'ai.onnx.ml'" in i.message for i in issues) == 1, "each opset listed once"
     assert all(i.op not in ("Conv", "MatMul", "Gather") for i in issues)
 
 
@@ -355,6 +358,20 @@ def test_classifier_graphs_match_scikit_learn(system):
     hp = dict(spec.audio_grid[0], **({"n_estimators": 20} if system == "rf" else {}))
     clf = spec.make("audio", hp, 0).fit(x, y)
     assert classifier_parity(clf, spec.score(hp), x) <= 1e-4
+    # the fitted-number count goes to spec.json: plain ints, and the documented formula
+    import json
+
+    from export.zoo.features import TextTables
+    from export.zoo.train_sklearn import parameter_count
+
+    tables = TextTables(np.zeros(10, np.int64), np.zeros(4, np.float32), None, 1)
+    count = json.loads(json.dumps(parameter_count(clf, clf, tables)))
+    if system == "svm":
+        svc = clf[-1]
+        want = 2 * 12 + svc.support_vectors_.size + svc.dual_coef_.size + svc.intercept_.size
+    else:
+        want = sum(int((t.tree_.children_left != -1).sum()) + 7 * int((t.tree_.children_left == -1).sum()) for t in clf.estimators_)
+    assert count == {"audio_classifier": want, "text_classifier": want, "text_features": 3, "total": 2 * want + 3}
 
 
 def test_compare_tabulates_every_metric_and_reuses_unchanged_results(tiny_zoo_dir, tiny_data_root, tmp_path, capsys):

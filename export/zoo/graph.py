@@ -197,6 +197,7 @@ def compose_graph(
         io_map=[("audio_clf/probabilities", "audio_scores"), ("text_clf/probabilities", "text_scores"),
                 ("has_audio_flag", "has_audio_flag"), ("has_text_flag", "has_text_flag")],
     )  # fmt: skip
+    _same_versions(m)  # merge_models lists each domain once per merged model
     m.graph.name = "zoo_fused"
     for k, v in (metadata or {}).items():
         m.metadata_props.add(key=k, value=v)

@@ -115,9 +115,10 @@ SYSTEMS = {
         "SklearnRandomForest",
         "Light-weight ML on audio + text features (the RF/LR study): random forest",
         _rf,
-        audio_grid=tuple({"n_estimators": 200, "min_samples_leaf": leaf} for leaf in (1, 3)),
-        # leaves capped so that the forest's ONNX graph stays small (a few MB)
-        text_grid=tuple({"n_estimators": 100, "max_leaf_nodes": n} for n in (512, 1024)),
+        # 100 trees and (text) at most 512 leaves each: skl2onnx stores about 75 bytes per tree
+        # node, so the graph stays near 10 MB (docs/model-zoo.md, "Size")
+        audio_grid=tuple({"n_estimators": 100, "min_samples_leaf": leaf} for leaf in (1, 3)),
+        text_grid=tuple({"n_estimators": 100, "max_leaf_nodes": n} for n in (256, 512)),
         text_svd_dim=None,
         text_train_max=None,
         score=lambda hp: ScoreKind("proba", 0.5 / hp["n_estimators"]),  # half a tree's vote for a class no tree chose
@@ -371,8 +372,43 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     }
     spec["files"] = {name: sha256_file(out / name) for name in (GRAPH_FILE, TOKENIZER_FILE)}
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(spec))
     logger.info("wrote %s in %.0f s", out, time.time() - t0)
     return spec
+
+
+def model_card(spec: dict[str, Any]) -> str:
+    """A short model card: what the folder is, its data and licence, its validation results."""
+    m, t = spec["model"], spec["training"]
+    val = "\n".join(f"| {k} | {v:.4f} |" for k, v in t["validation"].items())
+    return f"""# Model card: {spec["name"]}
+
+{m["description"]} (`{m["architecture"]}`), one of the model zoo's systems on the runtime's
+fused-graph contract; see `docs/model-zoo.md` for the recipe, the test results beside the
+other systems, and what the graph runs.
+
+- Audio: {m["audio_features"]["count"]} utterance statistics of frame features computed in the graph
+  -> `{m["audio_classifier"]["class"].rsplit(".", 1)[-1]}` {m["audio_classifier"]["params"]}.
+- Text: {m["text_features"]["method"]}, {m["text_features"]["dim"]} features
+  -> `{m["text_classifier"]["class"].rsplit(".", 1)[-1]}` {m["text_classifier"]["params"]}.
+- Both: late fusion, `log_softmax(audio / {m["fusion"]["audio_temperature"]}) + {m["fusion"]["text_weight"]} * log_softmax(text / {m["fusion"]["text_temperature"]})`.
+- Labels ({len(spec["labels"])}): {", ".join(spec["labels"])}.
+
+## Data and licence
+
+Audio: RAVDESS speech, actors 01-18 ({t["audio_train_items"]} clips; 19-20 validation, 21-24 test).
+Text: GoEmotions Ekman single-label rows ({t["text_train_items"]} training texts).
+Trained on RAVDESS (CC BY-NC-SA 4.0), these weights inherit its terms: **non-commercial,
+share-alike** (CC BY-NC-SA 4.0).
+
+## Validation (RAVDESS 19-20, GoEmotions dev)
+
+| metric | value |
+|---|---:|
+{val}
+
+Command: `{t["command"]}`
+"""
 
 
 def describe(clf: Any, hp: dict) -> dict[str, Any]:
@@ -402,7 +438,7 @@ def parameter_count(audio_clf: Any, text_clf: Any, tables: features.TextTables) 
             for tree in getattr(step, "estimators_", []):
                 t = tree.tree_
                 leaves = t.children_left == -1
-                n += int((~leaves).sum()) + int(leaves.sum()) * t.n_classes[0]
+                n += int((~leaves).sum()) + int(leaves.sum()) * int(t.n_classes[0])
         return n
 
     text = tables.kept + (0 if tables.components is None else int(tables.components[1:].size))  # idf, SVD components
