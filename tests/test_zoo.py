@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from runtime.frontend import FrontendConfig, dct_matrix, mel_filterbank
-from tests.helpers import speechlike
+from tests.helpers import requires_data, speechlike
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -160,7 +160,7 @@ def test_text_features_match_scikit_learn_in_both_forms():
 
     enc = TextEncoder(BUNDLED / "tokenizer.json", 32)
     rng = np.random.default_rng(0)
-    words = "happy sad angry wow gross scared okay table chair the a of i you so very not really".split()
+    words = ["happy", "sad", "angry", "wow", "gross", "scared", "okay", "table", "chair", "the", "a", "of", "i", "you", "so", "very", "not", "really"]
     texts = [" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(200)] + ["", "zzyzx"]
     ids, lengths = enc.encode(texts)
     docs = [row[:n] for row, n in zip(ids, lengths)]
@@ -302,7 +302,7 @@ def test_a_missing_modality_ignores_its_placeholder_input(tiny_zoo_dir):
         clip = tiny_clip(3, seed=5)
         feed = rec.build_feed([rec.prepare(audio=clip, sample_rate=16000)])
         base = _session_outputs(tiny_zoo_dir, feed)["logits"]
-        feed["tokens"] = np.array([[101, 2000, 2001, 102]]); feed["token_lengths"] = np.array([4])  # noqa: E702
+        feed["tokens"] = np.array([[101, 2000, 2001, 102]]); feed["token_lengths"] = np.array([4])
         np.testing.assert_array_equal(_session_outputs(tiny_zoo_dir, feed)["logits"], base)
         feed = rec.build_feed([rec.prepare(text="so happy")])
         base = _session_outputs(tiny_zoo_dir, feed)["logits"]
@@ -416,3 +416,35 @@ def test_zoo_help_reads_cleanly_and_writers_need_their_folder(module):
     check_help(module)
     r = run(module)
     assert r.returncode == 2 and "--out" in r.stderr, r.stderr
+
+
+# -------------------------------------------------------------- the shipped folders
+
+ZOO_TARGETS = {"seed001-lr": 0.35, "seed001-rf": 0.35, "seed004-svm": 0.40}  # RAVDESS test audio-only UA (issue 20)
+ZOO_RESULTS = "benchmarks/results/intel-xeon-2c/zoo/accuracy.json"
+
+
+@requires_data
+@pytest.mark.parametrize("name", sorted(ZOO_TARGETS))
+def test_shipped_zoo_folder_loads_and_reproduces_its_committed_audio_ua(name):
+    import json
+
+    from export import data
+    from runtime import EmotionRecognizer
+    from tests.helpers import DATA_ROOT, REPO
+
+    folder = REPO / "weights" / name
+    if not (folder / "spec.json").is_file():
+        pytest.skip(f"{folder} is not in this checkout")
+    committed = json.loads((REPO / ZOO_RESULTS).read_text())[name]
+    rec = EmotionRecognizer.load(folder, engine="ort")  # verifies every file's sha256
+    try:
+        assert committed["files"] == rec.spec.files, "the committed results are of other files"
+        items = data.ravdess_split(DATA_ROOT / "ravdess", data.load_labelset("emotech7"), "test")
+        preds = rec.predict(audio=[u.path for u in items])
+    finally:
+        rec.close()
+    y = np.array([u.label for u in items])
+    pred = np.array([rec.labels.index(p.label) for p in preds])
+    ua = float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+    assert abs(ua - committed["audio_ua"]) <= 0.002 and ua >= ZOO_TARGETS[name], (ua, committed["audio_ua"])

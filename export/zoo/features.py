@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class AudioFeatureConfig:
         return {**dataclasses.asdict(self), "percentiles": list(self.percentiles)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AudioFeatureConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AudioFeatureConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in data.items() if k in known}
         if "percentiles" in kw:
@@ -206,7 +207,7 @@ def deltas(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     last = (lengths - 1)[:, None]
     nxt = torch.minimum(steps + 1, last)
     prv = torch.clamp(torch.minimum(steps - 1, last), min=0)
-    idx = lambda i: i[:, :, None].expand(-1, -1, x.shape[2])  # noqa: E731
+    idx = lambda i: i[:, :, None].expand(-1, -1, x.shape[2])
     return (torch.gather(x, 1, idx(nxt)) - torch.gather(x, 1, idx(prv))) * 0.5
 
 
@@ -237,7 +238,7 @@ def summarise(x: torch.Tensor, lengths: torch.Tensor, percentiles: Sequence[floa
         frac = (pos - lo)[:, None]
         lo_i = lo.long()
         hi_i = torch.minimum(lo_i + 1, lengths - 1)
-        take = lambda i: torch.gather(ordered, 2, i[:, None, None].expand(-1, x.shape[2], 1))[:, :, 0]  # noqa: E731
+        take = lambda i: torch.gather(ordered, 2, i[:, None, None].expand(-1, x.shape[2], 1))[:, :, 0]
         a = take(lo_i)
         return a + frac * (take(hi_i) - a)
 

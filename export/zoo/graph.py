@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,17 +203,6 @@ def compose_graph(
         m.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(m, full_check=True)
     return m
-
-
-@dataclass
-class Parity:
-    """Largest differences of the composed graph from the scikit-learn reference."""
-
-    classifier_max_abs: dict[str, float] = field(default_factory=dict)  # per modality, identical features in
-    end_to_end: dict[str, dict[str, float]] = field(default_factory=dict)  # per mode: max |logit diff|, label agreement
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"classifier_max_abs": self.classifier_max_abs, "end_to_end": self.end_to_end}
 
 
 def classifier_parity(clf: Any, kind: ScoreKind, x: np.ndarray) -> float:

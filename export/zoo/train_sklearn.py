@@ -34,9 +34,10 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,17 @@ import torch
 from export import data
 from export.metrics import classification_report, fit_temperature, softmax
 from export.zoo import corpora, features
-from export.zoo.graph import EXTRA_OUTPUTS, FusionParams, Featurizer, ScoreKind, classifier_parity, compose_graph, fuse_reference, save, scores
+from export.zoo.graph import (
+    EXTRA_OUTPUTS,
+    Featurizer,
+    FusionParams,
+    ScoreKind,
+    classifier_parity,
+    compose_graph,
+    fuse_reference,
+    save,
+    scores,
+)
 from runtime import cli
 from runtime.frontend import FrontendConfig
 from runtime.spec import FORMAT, SPEC_FILE, package_versions, sha256_file, weights_path
@@ -259,7 +270,6 @@ def graph_logits(sess, encoder: TextEncoder, frontend: FrontendConfig, clips: li
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Fit the system, write the model folder ``cfg.out``; returns its spec."""
-    import onnxruntime as ort
 
     t0 = time.time()
     system = SYSTEMS[cfg.system]
@@ -334,12 +344,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "architecture": system.architecture,
             "description": system.description,
             "num_classes": len(labels),
-            "audio_features": {**audio_cfg.to_dict(), "count": stats.num_features, "statistics": list(features.STATISTICS),
-                               "frame_features": features.frame_feature_names(audio_cfg)},  # fmt: skip
+            "audio_features": {
+                **audio_cfg.to_dict(), "count": stats.num_features, "statistics": list(features.STATISTICS),
+                "frame_features": features.frame_feature_names(audio_cfg),
+            },
             "text_features": {
                 "method": "TF-IDF of WordPiece ids (raw counts, smooth idf, L2)" + (" -> TruncatedSVD" if tables.components is not None else ""),
                 "dim": tables.dim, "min_df": tables.min_df, "ids_kept": tables.kept,
-            },  # fmt: skip
+            },
             "audio_classifier": describe(audio_clf, audio_hp),
             "text_classifier": describe(text_clf, text_hp),
             "fusion": params.to_dict(),
@@ -359,8 +371,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "labelset": cfg.labelset,
             "audio_corpus": "ravdess (train actors 01-18, validation 19-20, test 21-24)",
             "text_corpus": "goemotions ekman, single-label rows",
-            "audio_train_items": int(len(ya["train"])),
-            "text_train_items": int(len(rows)),
+            "audio_train_items": len(ya["train"]),
+            "text_train_items": len(rows),
             "audio_selection": {"method": f"{CV_FOLDS}-fold actor-grouped CV on the training actors, UA", "candidates": audio_cv, "chosen": audio_hp},
             "text_selection": {"method": "macro-F1 on GoEmotions dev", "candidates": text_dev, "chosen": text_hp},
             "fusion_selection": {"method": "validation-pair NLL at the best temperature", "candidates": fusion_tried},
