@@ -140,17 +140,22 @@ def latency(root: Path | None, name: str) -> dict[str, float | None]:
 def table(rows: list[dict[str, Any]]) -> str:
     """The Markdown comparison table."""
     head = ("| folder | architecture | audio UA | text macro-F1 | paired UA | nEMO UA | ECE (audio) | parameters | graph MB "
-            "| b1 e2e p50 ms | b32 e2e p50 ms | b1 engine p50 ms | b32 engine p50 ms | other procs CPU % |\n"
+            "| b1 e2e ms p50 (min) | b32 e2e ms p50 (min) | b1 engine ms p50 (min) | b32 engine ms p50 (min) | other procs CPU % |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     lines = [head]
-    fmt = lambda v, f: "not measured" if v is None else format(v, f)
+
+    def ms(lat: dict, key: str, f: str) -> str:
+        p50, low = lat.get(f"{key}_p50_ms"), lat.get(f"{key}_min_ms")
+        return "not measured" if p50 is None else f"{p50:{f}} ({low:{f}})"
+
     for r in rows:
         lat = r.get("latency", {})
+        other = lat.get("max_other_cpu_pct")
         lines.append(
             f"| `{Path(r['model_dir']).name}` | {r['architecture']} | {r['audio_ua']:.3f} | {r['text_macro_f1']:.3f} | {r['paired_ua']:.3f} "
             f"| {r['nemo_ua']:.3f} | {r['audio_ece']:.3f} | {r['parameters']:,} | {r['graph_mb']:.1f} "
-            f"| {fmt(lat.get('end_to_end_b1_p50_ms'), '.1f')} | {fmt(lat.get('end_to_end_b32_p50_ms'), '.0f')} "
-            f"| {fmt(lat.get('infer_b1_p50_ms'), '.1f')} | {fmt(lat.get('infer_b32_p50_ms'), '.0f')} | {fmt(lat.get('max_other_cpu_pct'), '.0f')} |"
+            f"| {ms(lat, 'end_to_end_b1', '.1f')} | {ms(lat, 'end_to_end_b32', '.0f')} | {ms(lat, 'infer_b1', '.1f')} | {ms(lat, 'infer_b32', '.0f')} "
+            f"| {'not measured' if other is None else format(other, '.0f')} |"
         )
     return "\n".join(lines) + "\n"
 
