@@ -23,6 +23,7 @@ from tests.helpers import requires_data, speechlike
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
+pytest.importorskip("skl2onnx")
 
 TOL_MFCC = 1e-2
 
