@@ -30,6 +30,12 @@ class TorchEngine(Engine):
         if threads is not None and threads < 0:
             raise ValueError(f"threads must be >= 1 (0 or None: the default), got {threads}")
         super().__init__(spec, precision, device)
+        if "weights" not in spec.raw:  # an ONNX-only folder, e.g. a scikit-learn system of the model zoo
+            arch = spec.raw.get("model", {}).get("architecture", "its model")
+            raise EngineUnavailableError(
+                f"engine 'torch' needs PyTorch weights, and {spec.root} ({arch}) has only an ONNX graph (no 'weights' in spec.json); "
+                "run it with --engine ort"
+            )
         if precision == "int8":
             raise EngineUnavailableError(
                 "engine 'torch' has no int8 path: the int8 variant is a Q/DQ ONNX graph; run it with --engine ort or --engine trt"

@@ -1,0 +1,11 @@
+"""The model zoo: the published speech-emotion systems the project reimplements, each
+trained into a model folder on the same fused-graph contract as EmoTech (``runtime.spec``),
+so the runtime, CLI, server and benchmarks run every one of them unchanged.
+
+- ``features``: utterance-level acoustic statistics and bag-of-WordPiece text features as
+  torch modules, exported into the graph;
+- ``graph``: the fused ONNX graph of a scikit-learn system (features, skl2onnx classifiers,
+  late fusion) and its parity checks;
+- ``train_sklearn``: ``python -m export.zoo.train_sklearn --system lr|rf|svm --out DIR``;
+- ``compare``: the comparison table of ``docs/model-zoo.md``.
+"""
