@@ -300,8 +300,10 @@ def check_graph(spec: ModelSpec, path: Path) -> None:
     """Raise ``ModelFolderError`` if the fused ONNX graph at ``path`` disagrees with the
     spec: its ``logits`` output must have one column per label, and it must carry the
     mel filterbank that ``spec.frontend`` gives (sample rate, n_fft, n_mels, fmin, fmax),
-    or its answers would be silently wrong. Each file is read once per process."""
-    from runtime.frontend import stacked_mel
+    or its answers would be silently wrong. The filterbank may be stacked for the factored
+    DFT (EmoTech's graphs) or plain, ``(n_freqs, n_mels)`` (the zoo's feature graphs). Each
+    file is read once per process."""
+    from runtime.frontend import mel_filterbank, stacked_mel
     from runtime.graphinfo import GraphFormatError, read_graph
 
     try:
@@ -309,8 +311,8 @@ def check_graph(spec: ModelSpec, path: Path) -> None:
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, spec.labels, json.dumps(spec.frontend.to_dict(), sort_keys=True))
         if key in _CHECKED_GRAPHS:
             return
-        mel = stacked_mel(spec.frontend)
-        facts = read_graph(path, {mel.shape})
+        mels = (stacked_mel(spec.frontend), mel_filterbank(spec.frontend).T.astype(np.float32))
+        facts = read_graph(path, {m.shape for m in mels})
     except (GraphFormatError, OSError) as e:
         raise ModelFolderError(f"{path} cannot be read as an ONNX graph ({e}); copy it from the release or re-export it") from e
     dims = facts.outputs.get("logits")
@@ -320,7 +322,7 @@ def check_graph(spec: ModelSpec, path: Path) -> None:
     if isinstance(width, int) and width != len(spec.labels):
         raise ModelFolderError(f"{path} scores {width} classes but {spec.root / SPEC_FILE} names {len(spec.labels)} labels: "
                                "the spec belongs to another model")
-    if not any(np.allclose(c, mel, rtol=1e-5, atol=1e-7) for c in facts.constants[mel.shape]):
+    if not any(np.allclose(c, m, rtol=1e-5, atol=1e-7) for m in mels for c in facts.constants[m.shape]):
         fe = spec.frontend
         raise ModelFolderError(
             f"{path} was not exported with the front-end {spec.root / SPEC_FILE} describes (sample_rate {fe.sample_rate}, "
