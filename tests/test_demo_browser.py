@@ -28,11 +28,7 @@ screenshot there (the committed one comes from the RAVDESS variant).
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,26 +67,11 @@ def recognizer():
 @pytest.fixture(scope="module")
 def server():
     """``python -m runtime.serve`` on a free port; yields its URL."""
-    cmd = [sys.executable, "-m", "runtime.serve", "--port", "0", "--engine", "ort", "--asr", "pocketsphinx",
-           "--vad-min-silence-ms", "600", "--vad-pad-ms", "500", "--api-key", API_KEY, "--no-warmup"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: list[str] = []
-    found = threading.Event()
-    url: list[str] = []
+    from tests.test_serve import start_cli
 
-    def read() -> None:
-        for line in proc.stderr:
-            lines.append(line.rstrip())
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                url.append(m.group(1))
-                found.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not found.wait(120):
-        proc.kill()
-        raise AssertionError("server did not start:\n" + "\n".join(lines))
-    yield url[0]
+    proc, url, lines = start_cli(None, "--engine", "ort", "--asr", "pocketsphinx", "--vad-min-silence-ms", "600",
+                                 "--vad-pad-ms", "500", "--api-key", API_KEY, "--no-warmup", timeout_s=120)
+    yield url
     proc.terminate()
     proc.wait(30)
     assert API_KEY not in "\n".join(lines), "the server logged the API key"

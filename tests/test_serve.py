@@ -675,9 +675,11 @@ def test_shutdown_flushes_open_streams(recognizer, vad):
 # ------------------------------------------------------------------ the CLI process
 
 
-def start_cli(model_dir: Path, *args: str) -> tuple[subprocess.Popen, str, list[str]]:
-    """Start ``python -m runtime.serve`` on a free port; returns (process, url, log lines)."""
-    cmd = [sys.executable, "-m", "runtime.serve", "--model-dir", str(model_dir), "--port", "0", *args]
+def start_cli(model_dir: Path | None, *args: str, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start ``python -m runtime.serve`` on a free port (``model_dir`` None: the bundled
+    model); returns (process, url, log lines, still filling while it runs)."""
+    folder = ["--model-dir", str(model_dir)] if model_dir is not None else []
+    cmd = [sys.executable, "-m", "runtime.serve", *folder, "--port", "0", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: list[str] = []
     found = threading.Event()
@@ -692,7 +694,7 @@ def start_cli(model_dir: Path, *args: str) -> tuple[subprocess.Popen, str, list[
                 found.set()
 
     threading.Thread(target=read, daemon=True).start()
-    if not found.wait(60):
+    if not found.wait(timeout_s):
         proc.kill()
         raise AssertionError("server did not start:\n" + "\n".join(lines))
     return proc, url[0], lines
