@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate_args(args: argparse.Namespace) -> None:
+def check_load_args(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for a load ``add_load_args`` cannot run, or a ``--url`` off loopback
+    (the load generators only ever target this machine); shared with ``benchmarks.triton_loadgen``."""
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.max_requests < 1:
         raise ValueError("need --clients >= 1, --duration > 0, --warmup >= 0, --max-requests >= 1")
     if args.url:
@@ -267,7 +269,7 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark; returns the report."""
-    validate_args(args)
+    check_load_args(args)
     info = machine()  # before the load: its loadavg_start shows whether the machine was idle
     key = args.api_key or os.environ.get("EMOTECH_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}

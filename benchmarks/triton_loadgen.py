@@ -30,12 +30,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
 from benchmarks.loadgen import (
-    Stats, add_load_args, cpu_report, free_port, machine, markdown, percentiles, speechlike, tree_cpu_seconds,
+    Stats, add_load_args, check_load_args, cpu_report, free_port, machine, markdown, percentiles, speechlike, tree_cpu_seconds,
     tree_rss_mb, wav_bytes,
 )
 from runtime import cli
@@ -153,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark; returns the report (the keys of ``benchmarks.loadgen``'s)."""
-    if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.max_requests < 1:
-        raise ValueError("need --clients >= 1, --duration > 0, --warmup >= 0, --max-requests >= 1")
+    check_load_args(args)
     info = machine()
     payloads = [kserve_body(same_samples(wav_bytes(speechlike(args.clip_seconds, seed=s))), args.text) for s in range(args.clips)]
     repo_args = [a for a in (args.repo_args or []) if a != "--"]
@@ -168,11 +166,7 @@ def run(args: argparse.Namespace) -> dict:
         proc = subprocess.Popen([sys.executable, "-m", "export.triton", "--serve", str(repo), "--http-port", str(port)],
                                 stdout=log_file, stderr=log_file, text=True)
         url = f"http://127.0.0.1:{port}"
-    else:
-        from runtime.server.limits import is_loopback
-
-        if not is_loopback(urlparse(args.url).hostname or ""):
-            raise ValueError(f"--url must be a loopback address, got {args.url}")
+    else:  # check_load_args has refused a --url off loopback
         url = args.url.rstrip("/")
     try:
         wait_ready(url, 300, proc)

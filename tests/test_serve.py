@@ -785,7 +785,7 @@ def test_loadgen_stops_at_max_requests(recognizer):
 def test_loadgen_refuses_non_loopback_targets():
     args = loadgen.build_parser().parse_args(["--url", "http://10.0.0.5:8080", "--duration", "1"])
     with pytest.raises(ValueError, match="loopback"):
-        loadgen.validate_args(args)
+        loadgen.check_load_args(args)
 
 
 def test_percentiles():
