@@ -564,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     r.add_argument("--checkpoint-dir", default=None, help="also save the weights of each averaged epoch here (safetensors)")
-    add_logging_arguments(r)
+    add_logging_arguments(p)
     return p
 
 
