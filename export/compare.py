@@ -1,6 +1,7 @@
 """Accuracy of reduced-precision variants against the FP32 graph on the real test splits.
 
-RAVDESS test actors 21-24 (audio only) and GoEmotions test (text only), run with ONNX
+RAVDESS test actors 21-24 (audio only), nEMO's test speakers when the model was trained on
+nEMO (audio only) and GoEmotions test (text only), run with ONNX
 Runtime on CPU for ONNX files, or through any engine with ``infer(feed) -> logits``.
 """
 
@@ -39,13 +40,17 @@ def compare_with_fp32(rec, variants: dict[str, Any], data_root: Path, limit: int
     root = Path(data_root)
     audio = data.ravdess_split(root / "ravdess", labelset, "test")
     texts = data.load_goemotions(root / "text" / "goemotions_ekman" / "test.tsv", labelset)
+    nemo = data.nemo_split(root / "nemo", labelset, "test") if "nemo" in data.trained_corpora(rec.spec.raw)[0] else []
     if limit:
         audio = random.Random(0).sample(audio, min(limit, len(audio)))
         texts = random.Random(0).sample(texts, min(limit, len(texts)))
+        nemo = random.Random(0).sample(nemo, min(limit, len(nemo)))
     sets = {
         "audio": ([Item(rec.prepare(audio=u.path).audio, None) for u in audio], np.array([u.label for u in audio]), "RAVDESS test actors 21-24, audio only"),
         "text": ([Item(None, u.text) for u in texts], np.array([u.label for u in texts]), "GoEmotions Ekman test (single-label), text only"),
     }
+    if nemo:  # a model trained on nEMO is checked on nEMO's held-out speakers too
+        sets["nemo_audio"] = ([Item(rec.prepare(audio=u.path).audio, None) for u in nemo], np.array([u.label for u in nemo]), "nEMO test speakers, audio only")
     opts = ort.SessionOptions()
     opts.inter_op_num_threads = 1
     sessions = {"fp32": ort.InferenceSession(str(rec.spec.graph_file("fused", "fp32")), opts, providers=["CPUExecutionProvider"])}
@@ -61,7 +66,7 @@ def compare_with_fp32(rec, variants: dict[str, Any], data_root: Path, limit: int
             feed = rec.build_feed([items[i] for i in order[s : s + batch]])
             for p, sess in sessions.items():
                 logits[p].append(sess.infer(feed) if hasattr(sess, "infer") else sess.run(["logits"], feed)[0])
-        t = rec.spec.temperature[mode]
+        t = rec.spec.temperature["audio" if mode == "nemo_audio" else mode]
         raw = {p: np.concatenate(v) for p, v in logits.items()}
         probs = {p: _softmax(z / t) for p, z in raw.items()}
         res: dict = {"title": title, "n": len(y)}

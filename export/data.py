@@ -324,6 +324,16 @@ def text_split(data_root: Path, corpus: str, labelset: LabelSet, split: str) -> 
     return load_goemotions(path, labelset) if corpus == "goemotions" else load_meld(path, labelset)
 
 
+def trained_corpora(spec: dict) -> tuple[list[str], list[str]]:
+    """The audio and text corpora a model folder's ``spec.json`` (``training``) says it was
+    trained on, restricted to the ones read here by name (RAVDESS, nEMO; ``TEXT_FILES``);
+    RAVDESS and GoEmotions when the spec does not say."""
+    training = spec.get("training") if isinstance(spec.get("training"), dict) else {}
+    audio = [c for c in str(training.get("audio_corpus", "ravdess")).split("+") if c in ("ravdess", "nemo")]
+    text = [c for c in str(training.get("text_corpus", "goemotions")).split("+") if c in TEXT_FILES]
+    return audio or ["ravdess"], text or ["goemotions"]
+
+
 def load_corpora(cfg: DataConfig, labelset: LabelSet) -> Corpora:
     """Training and validation items of every corpus ``cfg`` names, audio corpora in order.
 

@@ -41,18 +41,33 @@ def frontend_nodes(model: onnx.ModelProto, prefixes: tuple[str, ...] = FRONTEND_
 def calibration_items(rec, data_root: Path, n_audio: int = 240, n_text: int = 480, seed: int = 0) -> list:
     """Real training items, read as a user's request would be (``rec.prepare``): half the
     clips paired with a text (both branches see real data), the rest audio-only, and the
-    remaining texts text-only, so the fusion head sees all three modes."""
+    remaining texts text-only, so the fusion head sees all three modes.
+
+    Clips come in equal shares from the training split of every audio corpus the model was
+    trained on (RAVDESS actors 01-18, nEMO's training speakers), texts in equal shares from
+    every text corpus' training split: activation ranges then cover every kind of input the
+    model was fitted to."""
     from export import data
     from runtime.recognizer import Item
 
     labelset = data.LabelSet("spec", rec.labels, data.load_labelset("emotech7").maps)
     rng = random.Random(seed)
-    clips = data.ravdess_split(Path(data_root) / "ravdess", labelset, "train")  # actors 01-18
-    texts = data.load_goemotions(Path(data_root) / "text" / "goemotions_ekman" / "train.tsv", labelset)
+    audio_corpora, text_corpora = data.trained_corpora(rec.spec.raw)
+    root = Path(data_root)
+    clips = []
+    for i, corpus in enumerate(audio_corpora):
+        pool = data.ravdess_split(root / "ravdess", labelset, "train") if corpus == "ravdess" else data.nemo_split(root / "nemo", labelset, "train")
+        share = n_audio // len(audio_corpora) + (i < n_audio % len(audio_corpora))
+        clips += rng.sample(pool, min(share, len(pool)))
+    texts = []
+    for i, corpus in enumerate(text_corpora):
+        pool = data.text_split(root, corpus, labelset, "train")
+        share = n_text // len(text_corpora) + (i < n_text % len(text_corpora))
+        texts += [u.text for u in rng.sample(pool, min(share, len(pool)))]
     if not clips or not texts:
-        raise FileNotFoundError(f"calibration needs RAVDESS and GoEmotions under {data_root}")
-    clips = rng.sample(clips, min(n_audio, len(clips)))
-    texts = [u.text for u in rng.sample(texts, min(n_text, len(texts)))]
+        raise FileNotFoundError(f"calibration needs the training corpora ({'+'.join(audio_corpora)}, {'+'.join(text_corpora)}) under {data_root}")
+    rng.shuffle(clips)
+    rng.shuffle(texts)
     audio = [rec.prepare(audio=u.path, name=u.path).audio for u in clips]
     n_pairs = len(audio) // 2
     items = [Item(a, t) for a, t in zip(audio[:n_pairs], texts[:n_pairs])]

@@ -16,6 +16,7 @@ registered in ``spec.json`` (``export.variants``) only when it loses at most
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from export.cli import add_logging_arguments, command_line, configure_logging
@@ -31,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m export.quantize", __doc__)
     p.add_argument("--precision", required=True, choices=PRECISIONS, help="precision of the variant to write")
     p.add_argument("--model-dir", type=Path, required=True, help="model folder with FP32 graphs (the variant is written into it)")
-    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="RAVDESS + GoEmotions (calibration and evaluation)")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="the model's training corpora (calibration) and RAVDESS/nEMO/GoEmotions test (evaluation)")
     p.add_argument("--graphs", nargs="*", default=None, help="graphs to convert; none named converts every FP32 graph in the spec")
-    p.add_argument("--calib-audio", type=int, default=240, help="RAVDESS training clips for INT8 calibration")
-    p.add_argument("--calib-text", type=int, default=480, help="GoEmotions training texts for INT8 calibration")
+    p.add_argument("--calib-audio", type=int, default=240, help="training clips for INT8 calibration, shared equally by the model's audio corpora")
+    p.add_argument("--calib-text", type=int, default=480, help="training texts for INT8 calibration, shared equally by the model's text corpora")
     p.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS, help="INT8 activation calibration")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on a seeded subsample of this many items per test set (smoke runs); none means the whole test sets")
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy comparison (the variant is then registered unchecked)")
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from export.compare import compare_with_fp32
+    from export.data import trained_corpora
     from export.variants import discard_variants, make_variants, register_variants
     from runtime.recognizer import EmotionRecognizer
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     written = make_variants(args.model_dir, args.precision, args.data_root, args.graphs, args.calib_audio, args.calib_text, args.method)
     report: dict = {"command": command, "method": args.method if args.precision == "int8" else "fp16-with-fp32-frontend"}
     if args.precision == "int8":
-        report["calibration"] = {"audio_clips": args.calib_audio, "texts": args.calib_text, "data": "RAVDESS actors 01-18 + GoEmotions train"}
+        audio_corpora, text_corpora = trained_corpora(json.loads((args.model_dir / "spec.json").read_text()))
+        report["calibration"] = {"audio_clips": args.calib_audio, "texts": args.calib_text, "data": "training splits of " + " + ".join(audio_corpora + text_corpora)}
     ok = True
     if not args.no_eval and "fused" in written and args.data_root.is_dir():
         rec = EmotionRecognizer.load(args.model_dir, engine="ort", precision="fp32")
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode, res in ev["modes"].items():
             r32, rq = res["fp32"], res[args.precision]
             print(
-                f"{mode:>5} (n={res['n']}): UA fp32 {r32['unweighted_accuracy']:.4f} {args.precision} {rq['unweighted_accuracy']:.4f} "
+                f"{mode:>10} (n={res['n']}): UA fp32 {r32['unweighted_accuracy']:.4f} {args.precision} {rq['unweighted_accuracy']:.4f} "
                 f"(loss {rq['ua_loss_vs_fp32'] * 100:+.2f} pt), agreement {rq['label_agreement_vs_fp32']:.4f}, max |score diff| {rq['max_score_diff_vs_fp32']:.2e}",
                 flush=True,
             )

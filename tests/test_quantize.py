@@ -272,3 +272,49 @@ def test_a_variant_failing_the_parser_check_leaves_no_pending_file(model_copy, m
     with pytest.raises(RuntimeError, match="would not parse on TensorRT 10.3"):
         make_variants(model_copy, "fp16", None)
     assert not list(model_copy.glob("*.new"))
+
+
+def test_trained_corpora_read_from_the_spec():
+    from export.data import trained_corpora
+
+    assert trained_corpora({}) == (["ravdess"], ["goemotions"])
+    assert trained_corpora({"training": {"audio_corpus": "ravdess+nemo", "text_corpus": "goemotions+meld"}}) == (["ravdess", "nemo"], ["goemotions", "meld"])
+    # corpora read from files only a user has (manifests, IEMOCAP) fall back to the public ones
+    assert trained_corpora({"training": {"audio_corpus": "manifest", "text_corpus": "none"}}) == (["ravdess"], ["goemotions"])
+
+
+def _retag(model_dir, audio_corpus, text_corpus):
+    import json
+
+    spec_file = model_dir / "spec.json"
+    spec = json.loads(spec_file.read_text())
+    spec.setdefault("training", {}).update(audio_corpus=audio_corpus, text_corpus=text_corpus)
+    spec_file.write_text(json.dumps(spec))
+
+
+@requires_data
+@pytest.mark.requires_data
+def test_int8_calibration_and_check_cover_every_training_corpus(model_copy, monkeypatch):
+    """A model trained on RAVDESS + nEMO and GoEmotions + MELD is calibrated on clips and texts
+    of all four in equal shares, and its accuracy check includes nEMO's test speakers."""
+    from export import data
+    from export.compare import compare_with_fp32
+    from export.int8 import calibration_items
+    from runtime.recognizer import EmotionRecognizer
+
+    _retag(model_copy, "ravdess+nemo", "goemotions+meld")
+    rec = EmotionRecognizer.load(model_copy)
+    seen, text_calls = [], []
+    prepare, text_split = rec.prepare, data.text_split
+    monkeypatch.setattr(rec, "prepare", lambda **kw: seen.append(str(kw.get("name"))) or prepare(**kw))
+    monkeypatch.setattr(data, "text_split", lambda root, corpus, labelset, split: text_calls.append((corpus, split)) or text_split(root, corpus, labelset, split))
+    items = calibration_items(rec, DATA_ROOT, n_audio=6, n_text=8)
+    assert sum("/ravdess/" in p for p in seen) == 3 and sum("/nemo/" in p for p in seen) == 3
+    assert text_calls == [("goemotions", "train"), ("meld", "train")]
+    assert len(items) == 6 + 8 - 3  # 3 pairs, 3 audio-only, 5 text-only
+    monkeypatch.undo()
+    ev = compare_with_fp32(rec, {"fp32-again": model_copy / "emotech.onnx"}, DATA_ROOT, limit=8)
+    assert set(ev["modes"]) == {"audio", "text", "nemo_audio"}
+    assert ev["modes"]["nemo_audio"]["n"] == 8
+    assert ev["modes"]["nemo_audio"]["fp32-again"]["label_agreement_vs_fp32"] == 1.0
+    rec.close()
