@@ -21,12 +21,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Adds "(default: X)" to an option's help only when X says something: not for None,
-    False or an empty list, and not when the help text already states its default; the
-    description keeps its line breaks."""
+    False or an empty list, not for a flag (an option that takes no value: its default is
+    "not given"), and not when the help text already states its default; the description
+    keeps its line breaks."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text.lower():
+        if action.nargs == 0 or action.default in (None, False, [], argparse.SUPPRESS) or "default" in text.lower():
             return text
         return super()._get_help_string(action)
 

@@ -29,7 +29,7 @@ def check_help(module: str) -> None:
     text = r.stdout
     assert text.startswith(f"usage: python -m {module}"), text.splitlines()[0]
     flat = re.sub(r"\s+", " ", text)
-    assert "(default: None)" not in flat and "(default: False)" not in flat
+    assert "(default: None)" not in flat and "(default: False)" not in flat and "(default: True)" not in flat
     for option_help in re.split(r" (?=--?[a-z])", flat):
         assert option_help.count("(default") <= 1, f"{module}: a default stated twice: {option_help}"
 
