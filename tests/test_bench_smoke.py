@@ -4,6 +4,7 @@ and unit tests of its statistics, target checks and machine parsing, so it canno
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,41 @@ def test_a_pruned_folder_skips_the_baseline_and_measures_the_engine(tiny_model_d
     report = run(args)
     assert {r["engine"] for r in report["results"]} == {"ort"}
     assert any("model.safetensors is missing" in s["reason"] for s in report["skipped"])
+
+
+def test_ab_interleaves_folders_and_takes_ratios_within_rounds(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Two folders, two rounds: the order rotates, every folder is measured once per round,
+    the first folder's ratio is exactly 1, and the summary is the median over rounds."""
+    import benchmarks.ab as ab
+
+    order = []
+    real = ab.measure_folder
+    monkeypatch.setattr(ab, "ROUND_BUDGET", Budget(warmup_iters=1, warmup_time=0.0, min_iters=2, min_time=0.0, max_time=1.0, max_iters=3))
+    monkeypatch.setattr(ab, "measure_folder", lambda d, args, w: order.append(d.name) or real(d, args, w))
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    out = tmp_path / "ab"
+    assert ab.main(["--model-dirs", str(tiny_model_dir), str(other), "--batch", "1,2", "--rounds", "2", "--out", str(out)]) == 0
+    assert order == [tiny_model_dir.name, "other", "other", tiny_model_dir.name]
+    report = json.loads((out / "ab.json").read_text())
+    assert len(report["per_round"]) == 2 and {r["batch"] for r in report["rows"]} == {1, 2}
+    first = [r for r in report["rows"] if r["model_dir"] == str(tiny_model_dir)]
+    assert all(r["ratio_to_first_median"] == 1.0 for r in first)
+    for r in report["rows"]:
+        p50s = [rnd[r["model_dir"]][str(r["batch"])] for rnd in report["per_round"]]
+        assert r["p50_ms_median"] == pytest.approx(float(np.median(p50s))) and r["p50_ms_min"] == min(p50s)
+    assert "| model folder |" in (out / "ab.md").read_text()
+
+
+def test_ab_refuses_what_it_cannot_compare(tiny_model_dir, tmp_path, capsys):
+    import benchmarks.ab as ab
+
+    for argv, message in (
+        (["--model-dirs", str(tiny_model_dir)], "at least two"),
+        (["--model-dirs", str(tiny_model_dir), str(tmp_path)], "not a model folder"),
+        (["--model-dirs", str(tiny_model_dir), str(tiny_model_dir), "--batch", "0"], "positive integers"),
+        (["--model-dirs", str(tiny_model_dir), str(tiny_model_dir), "--rounds", "0"], "at least 1"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            ab.main([*argv, "--out", str(tmp_path / "x")])
+        assert e.value.code == 2 and message in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import REPO, requires_torch
 
 RUNTIME_CLIS = ["runtime.predict", "runtime.serve", "benchmarks.latency", "benchmarks.loadgen", "benchmarks.profile",
-                "benchmarks.triton_loadgen"]
+                "benchmarks.triton_loadgen", "benchmarks.ab"]
 EXPORT_CLIS = ["export.train", "export.evaluate", "export.ensemble", "export.onnx", "export.quantize", "export.parity",
                "export.model_card", "export.op_support", "export.trt", "export.triton"]
 # entry points that write into a model folder: the folder must be named on the command line
