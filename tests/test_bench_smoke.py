@@ -403,7 +403,7 @@ def test_a_pruned_folder_skips_the_baseline_and_measures_the_engine(tiny_model_d
 def test_ab_interleaves_folders_and_takes_ratios_within_rounds(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """Two folders, two rounds: the order rotates, every folder is measured once per round,
     the first folder's ratio is exactly 1, and the summary is the median over rounds."""
-    import benchmarks.ab as ab
+    from benchmarks import ab
 
     order = []
     real = ab.measure_folder
@@ -425,7 +425,7 @@ def test_ab_interleaves_folders_and_takes_ratios_within_rounds(tiny_model_dir, t
 
 
 def test_ab_refuses_what_it_cannot_compare(tiny_model_dir, tmp_path, capsys):
-    import benchmarks.ab as ab
+    from benchmarks import ab
 
     for argv, message in (
         (["--model-dirs", str(tiny_model_dir)], "at least two"),
