@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from export.augment import AugmentConfig
-from export.data import RAVDESS_SPLITS, default_data_root
+from export.data import GOEMOTIONS_QUESTIONS, RAVDESS_SPLITS, default_data_root
 from export.model import ModelConfig
 
 AUDIO_CORPORA = ("ravdess", "nemo", "iemocap", "manifest")
@@ -49,6 +49,7 @@ class DataConfig:
     iemocap_val_session: int = 4  # IEMOCAP session used for validation (1-5)
     iemocap_test_session: int = 5  # IEMOCAP session kept out of training (1-5)
     text_corpora: tuple[str, ...] = ("goemotions",)  # any of TEXT_CORPORA; empty: no text-only training
+    goemotions_questions: str = "surprise"  # GoEmotions' surprise-labelled plain questions: "surprise" (as labelled) or "neutral"
     labelset: str = "emotech7"  # a name in export/labelsets.json or a JSON file of that shape
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ def check_data_config(cfg: DataConfig) -> None:
         raise ValueError(f"audio_corpora must be distinct names from {AUDIO_CORPORA}, at least one; got {audio}")
     if len(set(text)) != len(text) or not set(text) <= set(TEXT_CORPORA):
         raise ValueError(f"text_corpora must be distinct names from {TEXT_CORPORA} (or none); got {text}")
+    if cfg.goemotions_questions not in GOEMOTIONS_QUESTIONS:
+        raise ValueError(f"goemotions_questions must be one of {GOEMOTIONS_QUESTIONS}, got {cfg.goemotions_questions!r}")
     if cfg.ravdess_split not in RAVDESS_SPLITS:
         raise ValueError(f"ravdess_split must be one of {tuple(RAVDESS_SPLITS)}, got {cfg.ravdess_split!r}")
     if cfg.audio_root is not None and len(audio) != 1:

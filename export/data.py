@@ -19,7 +19,9 @@ Layouts:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from export.config import DataConfig
+
+logger = logging.getLogger(__name__)
 
 
 def default_data_root() -> Path:
@@ -204,6 +208,40 @@ def load_goemotions(path: Path, labelset: LabelSet, multilabel: str = "drop") ->
     return items
 
 
+# A surprised reaction phrased as a question: "What?", "Really?!", "Are you serious?", "wow, how?".
+SURPRISE_MARKERS = re.compile(
+    r"!|^\W*(what|huh|really|seriously|wait)\W*$|\b(wow|whoa|woah|omg|oh my|what the|wtf|really|seriously|no way|holy|"
+    r"wait,? what|unbelievable|can'?t believe|are you (serious|kidding)|surprised?|surprising|shock(ed|ing)?|amazed?|amazing)\b",
+    re.IGNORECASE,
+)
+GOEMOTIONS_QUESTIONS = ("surprise", "neutral")  # how training reads GoEmotions' surprise-labelled plain questions
+
+
+def is_plain_question(text: str) -> bool:
+    """A question without an exclamation mark or a word of surprise (``SURPRISE_MARKERS``)."""
+    return "?" in text and not SURPRISE_MARKERS.search(text)
+
+
+def relabel_plain_questions(items: list[Utterance], labelset: LabelSet) -> int:
+    """Give GoEmotions items labelled surprise whose text is a plain question the neutral
+    label, in place; returns how many.
+
+    GoEmotions' Ekman grouping files curiosity and confusion under surprise, so about half
+    of its surprise items are plain questions ("Who exactly are their volunteers?") and a
+    model trained on it reads any question as surprised, a kiosk's requests included. The
+    label set's surprised is a reaction (RAVDESS's surprised voice, MELD's surprise); a
+    question that only asks carries no emotion the voice would show."""
+    if not {"surprised", "neutral"} <= set(labelset.labels):
+        raise ValueError(f"reading plain questions as neutral needs the labels surprised and neutral; {labelset.name} has {labelset.labels}")
+    surprised, neutral = labelset.labels.index("surprised"), labelset.labels.index("neutral")
+    n = 0
+    for i, u in enumerate(items):
+        if u.corpus == "goemotions" and u.label == surprised and u.text and is_plain_question(u.text):
+            items[i] = dataclasses.replace(u, label=neutral)
+            n += 1
+    return n
+
+
 def load_meld(path: Path, labelset: LabelSet) -> list[Utterance]:
     """MELD ``*_sent_emo.csv`` utterances (text only: MELD audio is not distributed here)."""
     items = []
@@ -351,5 +389,9 @@ def load_corpora(cfg: DataConfig, labelset: LabelSet) -> Corpora:
     text: dict[str, list[Utterance]] = {"train": [], "val": []}
     for corpus in cfg.text_corpora:
         for split in text:
-            text[split] += text_split(Path(cfg.data_root), corpus, labelset, split)
+            items = text_split(Path(cfg.data_root), corpus, labelset, split)
+            if corpus == "goemotions" and cfg.goemotions_questions == "neutral":
+                n = relabel_plain_questions(items, labelset)
+                logger.info("GoEmotions %s: %d surprise-labelled plain questions read as neutral", split, n)
+            text[split] += items
     return Corpora(labelset.labels, audio, text)

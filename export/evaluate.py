@@ -89,9 +89,11 @@ def score_set(scored: Scored, y: np.ndarray, mode: str, rec: EmotionRecognizer) 
     labels = list(rec.labels)
     probs, flags = scored
     t = rec.spec.temperature[mode]
-    # The engine's logits are T * log p up to a per-row constant, so T = 1 scores follow exactly.
+    offset = np.array([rec.spec.prior_log_odds.get(mode, {}).get(k, 0.0) for k in labels])
+    # The engine's logits are T * (log p - prior offset) up to a per-row constant, so the
+    # raw (T = 1, no prior) scores follow exactly.
     with np.errstate(divide="ignore"):
-        z = t * np.log(probs)
+        z = t * (np.log(probs) - offset)
     before = np.exp(z - z.max(axis=1, keepdims=True))
     before /= before.sum(axis=1, keepdims=True)
     pred = probs.argmax(axis=1)
@@ -101,6 +103,7 @@ def score_set(scored: Scored, y: np.ndarray, mode: str, rec: EmotionRecognizer) 
     report.update(
         mode=mode,
         temperature=t,
+        prior_log_odds=rec.spec.prior_log_odds.get(mode, {}),
         ece_before=expected_calibration_error(before, y),
         ece_after=expected_calibration_error(probs, y),
         predicted_share={k: float(np.mean(pred == i)) for i, k in enumerate(labels)},

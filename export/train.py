@@ -52,6 +52,7 @@ from export.config import (
     AUDIO_BALANCE,
     AUDIO_CORPORA,
     FUSION_TARGETS,
+    GOEMOTIONS_QUESTIONS,
     TEXT_CORPORA,
     DataConfig,
     TrainConfig,
@@ -499,6 +500,11 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         "--text-corpus", nargs="+", choices=[*TEXT_CORPORA, "none"], default=list(d["text_corpora"].default), metavar="CORPUS",
         help=f"text corpora for text-only training and pairing: one or more of {', '.join(TEXT_CORPORA)}, or none",
     )  # fmt: skip
+    g.add_argument(
+        "--goemotions-questions", choices=GOEMOTIONS_QUESTIONS, default=d["goemotions_questions"].default,
+        help="GoEmotions' surprise-labelled plain questions (its Ekman surprise includes curiosity and confusion): "
+        "surprise keeps the label, neutral reads them as neutral (export.data.relabel_plain_questions)",
+    )  # fmt: skip
     g.add_argument("--labelset", default=d["labelset"].default, help="a name in export/labelsets.json or a JSON file of that shape")
 
 
@@ -514,6 +520,7 @@ def data_config_from_args(args: argparse.Namespace) -> DataConfig:
         iemocap_val_session=args.iemocap_val_session,
         iemocap_test_session=args.iemocap_test_session,
         text_corpora=tuple(c for c in args.text_corpus if c != "none"),
+        goemotions_questions=args.goemotions_questions,
         labelset=args.labelset,
     )
 

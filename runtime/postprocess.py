@@ -47,9 +47,12 @@ def mode_of(has_audio: bool, has_text: bool) -> str:
     return "audio" if has_audio else "text"
 
 
-def calibrated_probs(logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` in float64."""
+def calibrated_probs(logits: np.ndarray, temperatures: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature + offset`` in float64 (``offsets``: one
+    row of per-class log-prior offsets per logit row, or None)."""
     z = logits.astype(np.float64) / temperatures[:, None]
+    if offsets is not None:
+        z = z + offsets
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -63,10 +66,12 @@ def postprocess(
     temperature: dict[str, float],
     durations: list[float | None] | None = None,
     uncertain_below: dict[str, float] | None = None,
+    prior_log_odds: dict[str, dict[str, float]] | None = None,
 ) -> list[Prediction]:
-    """One ``Prediction`` per row, each scaled by the temperature of its modality mode and
-    flagged ``uncertain`` when its top score is below the mode's ``uncertain_below``
-    (default ``UNCERTAIN_BELOW``).
+    """One ``Prediction`` per row, each scaled by the temperature of its modality mode,
+    shifted by the mode's ``prior_log_odds`` (label -> offset added to that label's
+    log-score: a deployment prior; none by default), and flagged ``uncertain`` when its top
+    score is below the mode's ``uncertain_below`` (default ``UNCERTAIN_BELOW``).
 
     Raises:
         ValueError: ``logits`` do not have one column per label (a graph and a spec from
@@ -77,7 +82,11 @@ def postprocess(
                          "the graph and spec.json come from different models")
     thresholds = UNCERTAIN_BELOW if uncertain_below is None else uncertain_below
     modes = [mode_of(bool(a), bool(t)) for a, t in zip(has_audio, has_text)]
-    probs = calibrated_probs(logits, np.array([temperature.get(m, 1.0) for m in modes]))
+    offsets = None
+    if prior_log_odds:
+        per_mode = {m: np.array([float(d.get(k, 0.0)) for k in labels]) for m, d in prior_log_odds.items()}
+        offsets = np.stack([per_mode.get(m, np.zeros(len(labels))) for m in modes]) if modes else None
+    probs = calibrated_probs(logits, np.array([temperature.get(m, 1.0) for m in modes]), offsets)
     out = []
     for i, row in enumerate(probs):
         mods = tuple(m for m, present in (("audio", has_audio[i]), ("text", has_text[i])) if present)

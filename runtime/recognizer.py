@@ -271,7 +271,10 @@ class EmotionRecognizer:
             feed = self.build_feed(chunk)
             logits = self.engine.infer(feed)
             durations = [None if it.audio is None else round(it.audio.size / sr, 4) for it in chunk]
-            preds = postprocess(logits, self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations, self.spec.uncertain_below)
+            preds = postprocess(
+                logits, self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations, self.spec.uncertain_below,
+                self.spec.prior_log_odds,
+            )  # fmt: skip
             for i, p in zip(idx, preds):
                 results[i] = replace(p, transcript=items[i].text, transcript_source=items[i].text_source) if items[i].text else p
         return results  # type: ignore[return-value]

@@ -33,6 +33,7 @@ FORMAT = "emotech-model/1"
 MODES = ("audio", "text", "audio+text")  # which modalities an item carries
 MODEL_DIR_ENV = "EMOTECH_MODEL_DIR"  # environment variable naming the default model folder
 WEIGHTS_PACKAGE = "emotech_weights"  # the package that ships the weights (the checkout's weights/ folder)
+MAX_PRIOR_LOG_ODDS = 20.0  # largest |offset| of calibration.prior_log_odds (e^20: beyond any useful prior)
 DEFAULT_MODEL = "emotech"  # the bundled model folder inside WEIGHTS_PACKAGE
 
 
@@ -51,6 +52,9 @@ class ModelSpec:
     files: dict[str, str]  # file -> sha256
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # the whole spec.json
     uncertain_below: dict[str, float] = field(default_factory=lambda: dict(UNCERTAIN_BELOW))  # per mode (see MODES)
+    # per mode, label -> offset added to that label's calibrated log-score (a deployment
+    # prior: ``export.prior``); labels and modes not named get 0
+    prior_log_odds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -192,6 +196,7 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
             files=dict(raw["files"]),
             raw=raw,
             uncertain_below={m: float(raw.get("calibration", {}).get("uncertain_below", {}).get(m, UNCERTAIN_BELOW[m])) for m in MODES},
+            prior_log_odds={m: {str(k): float(v) for k, v in d.items()} for m, d in raw.get("calibration", {}).get("prior_log_odds", {}).items()},
         )
     except ModelFolderError:
         raise
@@ -204,6 +209,12 @@ def load_spec(model_dir: str | Path | None = None, verify: bool = True) -> Model
     bad_t = {m: t for m, t in spec.temperature.items() if not 0 < t < math.inf}
     if bad_t:
         raise ModelFolderError(f"{spec_path} is malformed: calibration temperatures must be positive and finite, got {bad_t}")
+    bad_p = {m: d for m, d in spec.prior_log_odds.items() if m not in MODES or not set(d) <= set(spec.labels) or not all(abs(v) <= MAX_PRIOR_LOG_ODDS for v in d.values())}
+    if bad_p:
+        raise ModelFolderError(
+            f"{spec_path} is malformed: calibration.prior_log_odds maps modes {MODES} to label -> offset "
+            f"with labels from 'labels' and |offset| <= {MAX_PRIOR_LOG_ODDS:g}, got {bad_p}"
+        )
     bad_u = {m: u for m, u in spec.uncertain_below.items() if not 0 <= u <= 1}
     if bad_u:
         raise ModelFolderError(f"{spec_path} is malformed: calibration.uncertain_below must be scores in [0, 1], got {bad_u}")

@@ -13,10 +13,10 @@ from tests.helpers import REPO, requires_torch
 RUNTIME_CLIS = ["runtime.predict", "runtime.serve", "benchmarks.latency", "benchmarks.loadgen", "benchmarks.profile",
                 "benchmarks.triton_loadgen", "benchmarks.ab"]
 EXPORT_CLIS = ["export.train", "export.evaluate", "export.ensemble", "export.onnx", "export.quantize", "export.parity",
-               "export.model_card", "export.op_support", "export.trt", "export.triton"]
+               "export.model_card", "export.op_support", "export.trt", "export.triton", "export.prior"]
 # entry points that write into a model folder: the folder must be named on the command line
 WRITERS = {"export.train": "--out", "export.ensemble": "--out", "export.onnx": "--model-dir", "export.quantize": "--model-dir",
-           "export.model_card": "--model-dir"}
+           "export.model_card": "--model-dir", "export.prior": "--model-dir"}
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:

@@ -189,3 +189,39 @@ def test_meld_text_is_normalised_in_every_split():
         assert len(items) > 1000
         hits = [u.text for u in items if set(u.text) & bad]
         assert not hits, hits[:3]
+
+
+@pytest.mark.parametrize(
+    "text, plain",
+    [
+        ("Where is the bathroom?", True), ("Who exactly are their volunteers? The IRA?", True), ("How do I get to gate 5?", True),
+        ("What?", False), ("Really?!", False), ("wow, how did you do that?", False), ("Are you serious?", False),
+        ("Wait, what vacation are we talking about?", False), ("I can't believe you did this?", False), ("No question here.", False),
+    ],
+)  # fmt: skip
+def test_plain_questions_are_questions_without_a_mark_of_surprise(text, plain):
+    assert data.is_plain_question(text) is plain
+
+
+def test_goemotions_plain_questions_train_as_neutral_only_when_asked(tmp_path):
+    from export.config import DataConfig
+    from tests.corpus_fixtures import make_ravdess
+
+    make_ravdess(tmp_path)
+    folder = tmp_path / "text" / "goemotions_ekman"
+    folder.mkdir(parents=True)
+    (folder / "labels.txt").write_text("anger\ndisgust\nfear\njoy\nneutral\nsadness\nsurprise\n")
+    rows = ["Where is the gate?\t6\ta", "What?!\t6\tb", "Oh wow, you won?\t6\tc", "Why is the sky blue?\t3\td", "I did not expect that.\t6\te"]
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text("\n".join(rows) + "\n")
+    neutral, surprised, happy = (EMO7.labels.index(k) for k in ("neutral", "surprised", "happy"))
+    for policy, first in (("surprise", surprised), ("neutral", neutral)):
+        corpora = data.load_corpora(DataConfig(data_root=str(tmp_path), text_corpora=("goemotions",), goemotions_questions=policy), EMO7)
+        # only the plain question labelled surprise moves; a joy question and surprise statements keep their labels
+        for split in ("train", "val"):
+            assert [u.label for u in corpora.text[split]] == [first, surprised, surprised, happy, surprised], (policy, split)
+    with pytest.raises(ValueError, match="goemotions_questions"):
+        DataConfig(data_root=str(tmp_path), goemotions_questions="maybe")
+    four = data.LabelSet("four", ("happy", "sad", "angry", "calm"), EMO7.maps)
+    with pytest.raises(ValueError, match="needs the labels surprised and neutral"):
+        data.relabel_plain_questions([], four)
