@@ -24,7 +24,7 @@ def test_offset_multiplies_neutral_odds_per_mode_and_scores_stay_probabilities()
     plain = postprocess(logits, LABELS, has_audio, has_text, TEMPS)
     shifted = postprocess(logits, LABELS, has_audio, has_text, TEMPS, prior_log_odds={"audio": {"neutral": 1.5}, "text": {"neutral": 0.0}})
     for p, q, b in zip(plain, shifted, (1.5, 0.0, 0.0)):  # audio+text has no entry: no shift
-        odds = lambda s: s["neutral"] / (1 - s["neutral"])  # noqa: E731
+        odds = lambda s: s["neutral"] / (1 - s["neutral"])
         assert odds(q.scores) == pytest.approx(np.exp(b) * odds(p.scores), rel=1e-9)
         assert sum(q.scores.values()) == pytest.approx(1.0, abs=1e-12)
         others = [k for k in LABELS if k != "neutral"]  # the other classes keep their ratios
@@ -52,7 +52,7 @@ def test_spec_reads_and_checks_the_prior(tiny_model_dir, tmp_path):
     rec = EmotionRecognizer.load(folder)
     after = rec.predict(audio=clip, sample_rate=16000).scores
     rec.close()
-    odds = lambda s: s["neutral"] / (1 - s["neutral"])  # noqa: E731
+    odds = lambda s: s["neutral"] / (1 - s["neutral"])
     assert odds(after) == pytest.approx(np.exp(2.0) * odds(before), rel=1e-5)
     for bad in ({"audio": {"calm": 1.0}}, {"speech": {"neutral": 1.0}}, {"audio": {"neutral": 1e9}}, {"audio": {"neutral": float("nan")}}):
         raw["calibration"]["prior_log_odds"] = bad
@@ -76,7 +76,7 @@ def test_fit_offset_maximises_the_deployment_objective():
     for other in np.arange(0, 4.0001, 0.05):
         assert objective(shifted(probs, 0, other), y, 0, 0.5) <= best + 1e-12
     # at the balanced share the objective is unweighted accuracy, and neutral recall rises with the share
-    recall = lambda share: np.mean(shifted(probs, 0, fit_offset(probs, y, 0, share, 4.0)[0]).argmax(1)[y == 0] == 0)  # noqa: E731
+    recall = lambda share: np.mean(shifted(probs, 0, fit_offset(probs, y, 0, share, 4.0)[0]).argmax(1)[y == 0] == 0)
     assert recall(0.6) >= recall(1 / 7)
 
 
