@@ -125,6 +125,28 @@ def uncertain_lines(metrics: dict, spec: dict) -> list[str]:
     ]
 
 
+def prior_lines(spec: dict) -> list[str]:
+    """The deployment prior (``export.prior``), when the folder has one."""
+    cal = spec.get("calibration", {})
+    prior, offsets = cal.get("prior"), cal.get("prior_log_odds")
+    if not offsets:
+        return []
+    rows = ["| mode | neutral offset (log-odds) | validation sets | predicted neutral without / with |", "|---|---:|---|---:|"]
+    for mode, r in (prior or {}).get("modes", {}).items():
+        rows.append(f"| {mode} | {r['offset']:.2f} | {', '.join(r['sets'])} ({r['n']}) | {pct(r['predicted_neutral_without'])} / {pct(r['predicted_neutral_with'])} |")
+    return [
+        "## Deployment prior",
+        "",
+        "Neutral's calibrated log-score is raised by a per-mode offset, fitted on validation data for a deployment "
+        + (f"where {pct(prior['neutral_share'])} % of the utterances are neutral" if prior else "prior")
+        + " (`export.prior`); every score above includes it."
+        + (f" Command: `{prior['command']}`." if prior else ""),
+        "",
+        *rows,
+        "",
+    ]
+
+
 def cross_corpus_lines(model_dir: Path) -> list[str]:
     """Leave-one-corpus-out rows: ``eval/cross_corpus/<run>/metrics.json`` (``export.evaluate``
     on a model trained on the other corpus)."""
@@ -271,6 +293,7 @@ def render(model_dir: Path) -> str:
         "Confusion matrices: `eval/confusion_*.png`.",
         "",
         *(robustness_lines(metrics) if metrics.get("robustness") else []),
+        *prior_lines(spec),
         *(uncertain_lines(metrics, spec) if all("uncertain" in r for r in metrics["results"].values()) else []),
         *cross_corpus_lines(model_dir),
         *(limitations_lines(metrics) if "robustness" in metrics else []),

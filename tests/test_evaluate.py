@@ -179,3 +179,24 @@ def test_model_card_renders_the_new_evaluation_sections(model_copy, tmp_path):
     assert "nEMO acted speech (Polish, 9 actors)" in lines and "2324 training clips" in lines and "MELD" in lines
     licence = licence_text(tr)
     assert "CC BY-NC-SA 4.0" in licence and "GPL-3.0" in licence
+
+
+def test_model_card_states_the_deployment_prior(model_copy, tmp_path):
+    """A folder with a prior in spec.json gets a deployment-prior section with its offsets; one without gets none."""
+    import json
+
+    from export.evaluate import main
+    from export.model_card import render
+
+    manifest = write_manifest(tmp_path)
+    main(["--model-dir", str(model_copy), "--test-manifest", manifest, "--out", str(model_copy / "eval"), "-q"])
+    assert "## Deployment prior" not in render(model_copy)
+    spec_file = model_copy / "spec.json"
+    spec = json.loads(spec_file.read_text())
+    record = {"sets": ["ravdess_val"], "n": 120, "offset": 1.25, "predicted_neutral_without": 0.1, "predicted_neutral_with": 0.25}
+    spec["calibration"]["prior_log_odds"] = {"audio": {"neutral": 1.25}}
+    spec["calibration"]["prior"] = {"neutral_share": 0.25, "command": "python -m export.prior --model-dir m", "modes": {"audio": record}}
+    spec_file.write_text(json.dumps(spec))
+    card = render(model_copy)
+    assert "## Deployment prior" in card and "| audio | 1.25 | ravdess_val (120) | 10.0 / 25.0 |" in card
+    assert "25.0 % of the utterances are neutral" in card and "`python -m export.prior --model-dir m`" in card
