@@ -51,11 +51,12 @@ STEP = 0.05  # grid step of the offset, log-odds
 def validation_sets(spec: dict) -> dict[str, list[str]]:
     """Per mode, the named validation sets (``export.evalsets``) of the corpora the model was trained on."""
     audio, text = data.trained_corpora(spec)
-    return {
-        "audio": ["ravdess_val", *(["nemo_val"] if "nemo" in audio else [])],
+    sets = {
+        "audio": [*(["ravdess_val"] if "ravdess" in audio else []), *(["nemo_val"] if "nemo" in audio else [])],
         "text": [{"goemotions": "goemotions_dev", "meld": "meld_dev"}[c] for c in text],
-        "audio+text": ["ravdess_val+own_text", "ravdess_val+same_label_text"],
+        "audio+text": ["ravdess_val+own_text", "ravdess_val+same_label_text"] if "ravdess" in audio else [],
     }
+    return {mode: names for mode, names in sets.items() if names}  # a mode without its own validation data gets no prior
 
 
 def objective(probs: np.ndarray, y: np.ndarray, neutral: int, share: float) -> float:
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-offset must be in (0, 20], got {args.max_offset}")
     record = fit(args.model_dir, args.data_root, args.neutral_share, args.max_offset, command_line("python -m export.prior", argv), args.limit)
     for mode in MODES:
+        if mode not in record["modes"]:
+            print(f"{mode:>10}: no validation set of the training corpora: no prior")
+            continue
         r = record["modes"][mode]
         print(
             f"{mode:>10}: neutral offset {r['offset']:.2f} ({'+'.join(r['sets'])}, n={r['n']}): objective {r['objective_without']:.4f} -> "

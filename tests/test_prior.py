@@ -107,3 +107,13 @@ def test_export_prior_writes_fits_and_clears(tiny_model_dir, tmp_path, capsys):
     assert cleared.prior_log_odds == {} and cleared.uncertain_below == thresholds
     with pytest.raises(SystemExit):
         main(["--model-dir", str(folder), "--neutral-share", "1.0"])
+
+
+def test_validation_sets_come_from_the_training_corpora_only():
+    """A leave-one-corpus-out model never has its prior fitted on the held-out corpus."""
+    from export.prior import validation_sets
+
+    nemo_only = validation_sets({"training": {"audio_corpus": "nemo", "text_corpus": "goemotions+meld"}})
+    assert nemo_only == {"audio": ["nemo_val"], "text": ["goemotions_dev", "meld_dev"]}
+    both = validation_sets({"training": {"audio_corpus": "ravdess+nemo", "text_corpus": "goemotions"}})
+    assert both["audio"] == ["ravdess_val", "nemo_val"] and both["audio+text"] == ["ravdess_val+own_text", "ravdess_val+same_label_text"]
