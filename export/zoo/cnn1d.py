@@ -104,8 +104,8 @@ class AutocorrelationPitch(nn.Module):
         fe = dataclasses.replace(frontend, n_fft=cfg.pitch_n_fft)
         self.spectrum = PowerSpectrum(fe)
         sr, n = fe.sample_rate, fe.n_fft
-        self.min_lag = int(math.ceil(sr / cfg.pitch_fmax))
-        lags = np.arange(self.min_lag, int(math.floor(sr / cfg.pitch_fmin)) + 1)
+        self.min_lag = math.ceil(sr / cfg.pitch_fmax)
+        lags = np.arange(self.min_lag, math.floor(sr / cfg.pitch_fmin) + 1)
         k = np.arange(fe.n_freqs)
         weight = np.where((k == 0) | (k == n // 2), 1.0, 2.0) / n  # one-sided spectrum -> autocorrelation
         cosines = weight[:, None] * np.cos(2.0 * np.pi * k[:, None] * lags[None, :] / n)  # (n_freqs, lags)

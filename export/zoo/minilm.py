@@ -78,12 +78,26 @@ class MiniLM(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
 
     def forward(self, tokens: torch.Tensor, token_lengths: torch.Tensor) -> torch.Tensor:
+        x, valid = self.token_states(tokens, token_lengths)
+        return self.pool(x, valid, start=len(self.layers))
+
+    def token_states(self, tokens: torch.Tensor, token_lengths: torch.Tensor, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token states ``(B, L, hidden)`` after the first ``stop`` layers (None: all) and
+        the token mask ``(B, L)`` (1 on each item's tokens, 0 on padding)."""
         n = tokens.shape[1]
         steps = torch.arange(n, device=tokens.device)
         valid = (steps[None, :] < token_lengths[:, None]).to(self.token_type.dtype)  # (B, L)
         x = self.embed_norm(self.word(tokens) + self.position(steps)[None] + self.token_type)
         bias = ((1.0 - valid) * MASKED)[:, None, None, :]
-        for layer in self.layers:
+        for layer in self.layers[:stop]:
+            x = layer(x, bias)
+        return x, valid
+
+    def pool(self, x: torch.Tensor, valid: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Layers ``start``.. on the token states ``x``, then the L2-normalised mean over the
+        valid tokens: the sentence embedding ``(B, hidden)``."""
+        bias = ((1.0 - valid) * MASKED)[:, None, None, :]
+        for layer in self.layers[start:]:
             x = layer(x, bias)
         pooled = (x * valid[:, :, None]).sum(1) / torch.clamp(valid.sum(1, keepdim=True), min=1.0)
         return pooled * torch.rsqrt(torch.clamp((pooled * pooled).sum(1, keepdim=True), min=1e-24))

