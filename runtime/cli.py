@@ -63,6 +63,24 @@ def add_model_args(p: argparse.ArgumentParser, *, engine: bool = True, precision
                        help="cpu, cuda or cuda:N (default: cuda:0 for GPU engines when a GPU is visible, else cpu)")
 
 
+def unit_interval(value: str) -> float:
+    """argparse type for a number in [0, 1]."""
+    try:
+        x = float(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from e
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return x
+
+
+def add_fusion_args(p: argparse.ArgumentParser) -> None:
+    """Declare ``--audio-weight`` (``EmotionRecognizer.load(audio_weight=...)``)."""
+    p.add_argument("--audio-weight", type=unit_interval, default=None, metavar="W",
+                   help="for a late-fusion folder (spec.json fusion.method weighted_average): fuse audio+text items as "
+                        "W * audio + (1 - W) * text probabilities (default: the folder's fitted fusion.audio_weight)")
+
+
 def add_logging_args(p: argparse.ArgumentParser) -> None:
     """Declare ``-v/--verbose`` (repeatable) and ``-q/--quiet``."""
     g = p.add_argument_group("logging")

@@ -24,17 +24,22 @@ def build_parser() -> argparse.ArgumentParser:
                    epilog="example: python -m runtime.predict examples/espeak_angry_words.wav --json")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files (WAV, FLAC, OGG; any sample rate)")
     p.add_argument("--text", default=None, help="transcript used for every file (or alone, with no PATH)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores, uncertain, transcript, transcript_source")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: path, label, scores, uncertain, transcript, "
+                   "transcript_source, and modality_scores for a folder whose graph scores each modality on its own")
     add_asr_argument(p)
     cli.add_model_args(p)
+    cli.add_fusion_args(p)
     cli.add_logging_args(p)
     return p
 
 
 def format_line(path: str | None, pred, as_json: bool) -> str:
     if as_json:
-        return json.dumps({"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()},
-                           "uncertain": pred.uncertain, "transcript": pred.transcript, "transcript_source": pred.transcript_source})
+        out = {"path": path, "label": pred.label, "scores": {k: round(v, 6) for k, v in pred.scores.items()},
+               "uncertain": pred.uncertain, "transcript": pred.transcript, "transcript_source": pred.transcript_source}
+        if pred.modality_scores is not None:
+            out["modality_scores"] = {m: {k: round(v, 6) for k, v in s.items()} for m, s in pred.modality_scores.items()}
+        return json.dumps(out)
     top = sorted(pred.scores.items(), key=lambda kv: -kv[1])[:3]
     detail = " ".join(f"{k}={v:.3f}" for k, v in top)
     heard = f"\t[{pred.transcript_source}] {pred.transcript}" if pred.transcript_source not in (None, "caller") else ""
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.recognizer import EmotionRecognizer
 
     try:
-        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device, asr=args.asr)
+        rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device, asr=args.asr,
+                                     audio_weight=args.audio_weight)
     except (EmotionError, ValueError) as e:
         return cli.fail(str(e))
 

@@ -26,13 +26,15 @@ from runtime.asr import SAMPLE_RATE as ASR_SAMPLE_RATE
 from runtime.asr import Transcriber, TranscriptionError, load_transcriber
 from runtime.audio import AudioInput, check_clip, pad_batch, read_audio, resample, to_model_rate
 from runtime.engines import AUTO, candidates, create_engine
-from runtime.engines.base import Engine
+from runtime.engines.base import MODALITY_OUTPUTS, OUTPUT, Engine
 from runtime.errors import EmotionError, EngineUnavailableError, TextError
 from runtime.postprocess import Prediction, postprocess
 from runtime.spec import ModelSpec, load_spec
 from runtime.text import TextEncoder
 
 logger = logging.getLogger(__name__)
+
+WEIGHTED_AVERAGE = "weighted_average"  # spec.json fusion.method of a folder whose audio weight can be re-set at load time
 
 
 def batch_size(max_batch: object) -> int:
@@ -48,6 +50,28 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def check_audio_weight(spec: ModelSpec, audio_weight: object, engine: Engine | None = None) -> None:
+    """Raise unless ``audio_weight`` (None: no re-fusion) can re-fuse ``spec``'s model on ``engine``.
+
+    Raises:
+        ValueError: not a number in [0, 1], or the folder's fusion is not a weighted average
+            of the two modalities' probabilities (spec.json ``fusion.method``).
+        EngineUnavailableError: ``engine`` does not return both per-modality outputs.
+    """
+    if audio_weight is None:
+        return
+    if isinstance(audio_weight, bool) or not isinstance(audio_weight, (int, float, np.floating)) or not 0.0 <= audio_weight <= 1.0:
+        raise ValueError(f"audio_weight must be a number in [0, 1], got {audio_weight!r}")
+    fusion = spec.raw.get("fusion")
+    method = fusion.get("method") if isinstance(fusion, dict) else None
+    if method != WEIGHTED_AVERAGE:
+        raise ValueError(f"audio_weight re-fuses a weighted average of the two modalities' probabilities, and {spec.root} "
+                         f"does not fuse that way (spec.json fusion.method is {method!r}, not {WEIGHTED_AVERAGE!r}); leave audio_weight unset")
+    if engine is not None and not set(MODALITY_OUTPUTS.values()) <= set(engine.extra_outputs):
+        raise EngineUnavailableError(f"audio_weight needs the per-modality outputs {', '.join(MODALITY_OUTPUTS.values())}, which "
+                                     f"engine '{engine.name}' does not return; use --engine ort")
 
 
 @dataclass(frozen=True)
@@ -69,8 +93,11 @@ class EmotionRecognizer:
     max_call_audio_seconds = 96.0
 
     def __init__(self, spec: ModelSpec, engine: Engine, max_batch: int = 32, prepare_threads: int | None = None,
-                 asr: str | Transcriber | None = None):
+                 asr: str | Transcriber | None = None, audio_weight: float | None = None):
         max_batch = batch_size(max_batch)
+        check_audio_weight(spec, audio_weight, engine)
+        # re-fuses audio+text items as w * p_audio + (1 - w) * p_text (None: the graph's own fusion)
+        self.audio_weight = audio_weight
         # the transcriber that fills in a missing transcript (runtime.asr), and the
         # transcript_source its texts carry
         self.asr, self.asr_source = load_transcriber(asr)
@@ -97,6 +124,7 @@ class EmotionRecognizer:
         max_batch: int = 32,
         prepare_threads: int | None = None,
         asr: str | Transcriber | None = None,
+        audio_weight: float | None = None,
         **engine_kwargs,
     ) -> "EmotionRecognizer":
         """Load a model folder on ``engine`` at ``precision`` ('fp32', 'fp16', 'int8').
@@ -113,19 +141,27 @@ class EmotionRecognizer:
             asr: a ``runtime.asr`` name such as 'pocketsphinx', or any object with a
                 ``transcribe(audio)`` method (default None: off); it transcribes the
                 audio of items given without text, and results carry its ``transcript``.
+            audio_weight: for a folder whose spec.json ``fusion.method`` is "weighted_average"
+                (a late-fusion zoo folder), the weight ``w`` of the audio probabilities in
+                ``w * p_audio + (1 - w) * p_text`` for items with both modalities, in place of
+                the fitted ``fusion.audio_weight`` the graph applies (default None: that one).
+                Needs an engine that returns the per-modality outputs (ONNX Runtime).
             engine_kwargs: passed to the engine (e.g. ``threads`` for ONNX Runtime).
 
         Raises:
             ModelFolderError: no model folder, missing files, malformed spec or a hash mismatch.
             EngineUnavailableError: the engine, device or precision cannot run here.
             ValueError: an engine, precision, device or asr name that does not exist, a
-                ``max_batch`` below 1 or a negative ``threads`` (0 or None: the default).
+                ``max_batch`` below 1, a negative ``threads`` (0 or None: the default), or an
+                ``audio_weight`` outside [0, 1] or for a folder without weighted late fusion.
         """
         spec = load_spec(model_dir, verify=verify)
         max_batch = batch_size(max_batch)  # before an engine is built for it
+        check_audio_weight(spec, audio_weight)
         transcriber = load_transcriber(asr)  # before the engine: a missing package fails fast
         if engine != AUTO:
-            rec = cls(spec, cls._engine(spec, engine, precision, device, max_batch, engine_kwargs), max_batch, prepare_threads)
+            rec = cls(spec, cls._engine(spec, engine, precision, device, max_batch, engine_kwargs), max_batch, prepare_threads,
+                      audio_weight=audio_weight)
             rec.asr, rec.asr_source = transcriber
             return rec
         notes: list[str] = []
@@ -137,7 +173,8 @@ class EmotionRecognizer:
             # only ONNX Runtime takes the CPU-side options (threads, spin) on auto
             kwargs = engine_kwargs if name == "ort" else {}
             try:
-                rec = cls(spec, cls._engine(spec, name, precision, dev, max_batch, kwargs), max_batch, prepare_threads)
+                rec = cls(spec, cls._engine(spec, name, precision, dev, max_batch, kwargs), max_batch, prepare_threads,
+                          audio_weight=audio_weight)
             except (EmotionError, ImportError, OSError, RuntimeError) as e:
                 notes.append(f"{name}/{dev}: failed ({type(e).__name__}: {e})")
                 last = e
@@ -269,11 +306,12 @@ class EmotionRecognizer:
         for idx in self.calls(items):
             chunk = [items[i] for i in idx]
             feed = self.build_feed(chunk)
-            logits = self.engine.infer(feed)
+            outputs = self.engine.infer_outputs(feed)
+            own = {m: outputs[name] for m, name in MODALITY_OUTPUTS.items() if name in outputs}
             durations = [None if it.audio is None else round(it.audio.size / sr, 4) for it in chunk]
             preds = postprocess(
-                logits, self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations, self.spec.uncertain_below,
-                self.spec.prior_log_odds,
+                outputs[OUTPUT], self.labels, feed["has_audio"], feed["has_text"], self.spec.temperature, durations, self.spec.uncertain_below,
+                self.spec.prior_log_odds, modality_logits=own or None, audio_weight=self.audio_weight,
             )  # fmt: skip
             for i, p in zip(idx, preds):
                 results[i] = replace(p, transcript=items[i].text, transcript_source=items[i].text_source) if items[i].text else p

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m runtime.serve", "Dynamic-batching HTTP + WebSocket emotion server.")
     cli.add_model_args(p)
+    cli.add_fusion_args(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: one per core)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; a non-loopback address needs --api-key")
     p.add_argument("--port", type=int, default=8080, help="0: any free port")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--host {config.host} exposes the server beyond this machine: give --api-key (or --insecure-no-auth)")
         vad_options = vad_config(args)
         rec = EmotionRecognizer.load(args.model_dir, engine=args.engine, precision=args.precision, device=args.device,
-                                     max_batch=args.max_batch, asr=args.asr,
+                                     max_batch=args.max_batch, asr=args.asr, audio_weight=args.audio_weight,
                                      **({"threads": args.threads} if args.threads and args.engine in ("auto", "ort") else {}))
     except (EmotionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -104,15 +104,21 @@ def evaluate_folder(model_dir: Path, sets: dict[str, Any]) -> dict[str, Any]:
         rec.close()
 
 
+def congruent_texts(labels: np.ndarray, text: corpora.TextSet, seed: int = PAIRING_SEED) -> list[str]:
+    """For each label, a text of that label drawn by ``random.Random(seed)`` in order
+    (``export.evaluate``'s congruent pairing)."""
+    by_label: dict[int, list[str]] = {}
+    for t, y in zip(text.texts, text.labels):
+        by_label.setdefault(int(y), []).append(t)
+    rng = random.Random(seed)
+    return [rng.choice(by_label[int(y)]) for y in labels]
+
+
 def load_sets(data_root: Path, labelset: data.LabelSet, frontend: FrontendConfig) -> dict[str, Any]:
     """The test sets, decoded once for every folder (``frontend``: the folders' shared one)."""
     ravdess = corpora.ravdess(data_root, labelset, frontend)["test"]
     text = corpora.goemotions(data_root, labelset)["test"]
-    by_label: dict[int, list[str]] = {}
-    for t, y in zip(text.texts, text.labels):
-        by_label.setdefault(int(y), []).append(t)
-    rng = random.Random(PAIRING_SEED)
-    paired = [rng.choice(by_label[int(y)]) for y in ravdess.labels]
+    paired = congruent_texts(ravdess.labels, text)
     nemo = corpora.nemo(data_root, labelset, frontend)
     logger.info("decoding %d RAVDESS test and %d nEMO clips", len(ravdess.items), len(nemo.items))
     return {"ravdess": ravdess, "ravdess_clips": ravdess.clips, "text": text, "paired_texts": paired, "nemo": nemo, "nemo_clips": nemo.clips}

@@ -118,18 +118,25 @@ def batched_features(module: torch.nn.Module, clips: Sequence[np.ndarray], batch
 
 def cached(cache_dir: Path | None, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
     """``compute()``, stored in / read from ``cache_dir`` under a hash of ``key``."""
+    return cached_arrays(cache_dir, key, lambda: {"x": compute()})["x"]
+
+
+def cached_arrays(cache_dir: Path | None, key: dict, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``compute()`` (named arrays), stored in / read from ``cache_dir`` as one ``.npz`` under a
+    hash of ``key``."""
     if cache_dir is None:
         return compute()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"features-{digest}.npz"
     if path.is_file():
-        return np.load(path)["x"]
-    x = compute()
+        with np.load(path) as stored:
+            return {k: stored[k] for k in stored.files}
+    arrays = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, x=x)
+    np.savez(tmp, **arrays)
     tmp.replace(path)
-    return x
+    return arrays
 
 
 def audio_features(module: torch.nn.Module, audio: AudioSet, key: dict, cache_dir: Path | None) -> np.ndarray:

@@ -162,8 +162,16 @@ class AudioStatistics(nn.Module):
     def frame_features(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame features ``(B, T, 2 * (8 + n_mfcc))`` (``frame_feature_names``) and the valid
         frame count per item; values on invalid frames are arbitrary (finite)."""
-        fe, cfg = self.frontend_cfg, self.cfg
         power, frame_lengths = self.spectrum(audio, lengths)  # (B, T, n_freqs)
+        zcr, energy_db, energy_entropy = self.waveform_features(audio)
+        centroid, spread, spectral_entropy, flux, rolloff = self.spectral_features(power)
+        mfcc = self.mfcc(power, frame_lengths)
+        base = torch.cat([torch.stack([zcr, energy_db, energy_entropy, centroid, spread, spectral_entropy, flux, rolloff], -1), mfcc], -1)
+        return torch.cat([base, deltas(base, frame_lengths)], -1), frame_lengths
+
+    def waveform_features(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``zcr``, ``energy_db`` and ``energy_entropy`` of each frame, each ``(B, T)``."""
+        fe = self.frontend_cfg
         half = fe.n_fft // 2
         padded = F.pad(audio, (half, half))  # the front-end's centre padding: frame t starts at t * hop
         sub = F.conv1d((padded * padded)[:, None, :], self.block_kernel, stride=fe.hop_length)  # (B, blocks, T)
@@ -171,8 +179,12 @@ class AudioStatistics(nn.Module):
         zcr = F.conv1d(crossings, self.pair_kernel, stride=fe.hop_length)[:, 0] / (fe.n_fft - 1)  # (B, T)
         energy = sub.sum(1) / fe.n_fft
         energy_db = torch.log(energy + EPS) * (10.0 / math.log(10.0))
-        energy_entropy = entropy_bits(sub, 1)
+        return zcr, energy_db, entropy_bits(sub, 1)
 
+    def spectral_features(self, power: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``spectral_centroid``, ``spectral_spread``, ``spectral_entropy``, ``spectral_flux`` and
+        ``spectral_rolloff`` of each frame of the power spectrum ``power`` ``(B, T, n_freqs)``,
+        each ``(B, T)``."""
         mag = torch.sqrt(power)
         total = mag.sum(-1) + EPS
         centroid = torch.matmul(mag, self.freqs) / total
@@ -182,18 +194,19 @@ class AudioStatistics(nn.Module):
         previous = torch.cat([share[:, :1], share[:, :-1]], dim=1)  # frame 0 is its own predecessor: flux 0
         flux = ((share - previous) ** 2).sum(-1)
         cum = torch.cumsum(mag, dim=-1)
-        below = (cum < cfg.rolloff * cum[..., -1:]).to(audio.dtype).sum(-1)  # bins before the roll-off bin
-        rolloff = below / (fe.n_freqs - 1)
+        below = (cum < self.cfg.rolloff * cum[..., -1:]).to(power.dtype).sum(-1)  # bins before the roll-off bin
+        rolloff = below / (self.frontend_cfg.n_freqs - 1)
+        return centroid, spread, spectral_entropy, flux, rolloff
 
+    def mfcc(self, power: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """MFCCs ``(B, T, n_mfcc)`` of the power spectrum: the front-end's log-mel, no CMVN."""
+        fe = self.frontend_cfg
         valid = frame_mask(frame_lengths, power.shape[1])[:, :, None].to(power.dtype)
         mel = torch.matmul(power, self.mel_t)
         # power_to_db(ref=1, amin, top_db) as in the front-end: a floor at the clip's valid peak - top_db
         peak = (mel * valid).amax(dim=(1, 2), keepdim=True)
         floor = torch.clamp(peak * (10.0 ** (-fe.top_db / 10.0)), min=fe.amin)
-        mfcc = torch.matmul(torch.log(torch.maximum(mel, floor)), self.dct_db)  # (B, T, n_mfcc)
-
-        base = torch.cat([torch.stack([zcr, energy_db, energy_entropy, centroid, spread, spectral_entropy, flux, rolloff], -1), mfcc], -1)
-        return torch.cat([base, deltas(base, frame_lengths)], -1), frame_lengths
+        return torch.matmul(torch.log(torch.maximum(mel, floor)), self.dct_db)
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         frames, frame_lengths = self.frame_features(audio, lengths)

@@ -33,12 +33,13 @@ from torch import nn
 
 from export.onnx import FUSED_AXES, FUSED_INPUTS, OPSET
 from export.zoo.features import AudioFeatureConfig, AudioStatistics, TextBag, TextTables
+from runtime.engines.base import MODALITY_OUTPUTS
 from runtime.frontend import FrontendConfig
 
 ML_OPSET = 3  # ai.onnx.ml opset of the skl2onnx classifiers (ONNX Runtime runs 1-5)
 EXTRA_OUTPUTS = {
-    "audio_logits": "per-modality audio scores (every item; calibrate with the 'audio' temperature)",
-    "text_logits": "per-modality text scores (every item; calibrate with the 'text' temperature)",
+    MODALITY_OUTPUTS["audio"]: "per-modality audio scores (every item; calibrate with the 'audio' temperature)",
+    MODALITY_OUTPUTS["text"]: "per-modality text scores (every item; calibrate with the 'text' temperature)",
 }
 OUTPUTS = ("logits", *EXTRA_OUTPUTS)
 
@@ -215,6 +216,35 @@ def classifier_parity(clf: Any, kind: ScoreKind, x: np.ndarray) -> float:
     out = sess.run(["probabilities"], {"features": x.astype(np.float32)})[0].astype(np.float64)
     got = np.log(out + kind.floor) if kind.output == "proba" else out
     return float(np.abs(got - scores(clf, x.astype(np.float32), kind)).max())
+
+
+def half_storage(model: onnx.ModelProto, scope: str, min_elements: int = 1024) -> int:
+    """Store in FP16 the FP32 initializers of at least ``min_elements`` values that only nodes
+    of the node-name scope ``scope`` (e.g. ``"/text_encoder/"``) read, each behind a Cast back
+    to FP32 under its old name: the file holds half the bytes, and the graph still computes in
+    FP32 (ONNX Runtime folds the casts once, when it loads the graph). Edits ``model`` in
+    place; returns the number of values stored in FP16."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    readers: dict[str, list[str]] = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+    casts, count = [], 0
+    for init in g.initializer:
+        users = readers.get(init.name, [])
+        size = int(np.prod(init.dims)) if init.dims else 1
+        if init.data_type != TensorProto.FLOAT or size < min_elements or not users or not all(u.startswith(scope) for u in users):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{name}.fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}.fp16"], [name], to=TensorProto.FLOAT, name=f"{scope}fp16_storage/{len(casts)}"))
+        count += size
+    nodes = casts + list(g.node)  # the casts read initializers only: first in topological order
+    del g.node[:]
+    g.node.extend(nodes)
+    return count
 
 
 def save(model: onnx.ModelProto, path: Path) -> None:

@@ -24,6 +24,9 @@ FUSED_INPUTS: dict[str, tuple[type, int]] = {
     "has_text": (np.float32, 1),
 }
 OUTPUT = "logits"
+# Optional outputs of a fused graph, declared in spec.json ``outputs``: each modality's own
+# scores for every item, calibrated by that modality's temperature (a zoo folder's late fusion).
+MODALITY_OUTPUTS = {"audio": "audio_logits", "text": "text_logits"}
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -54,13 +57,25 @@ class Engine(abc.ABC):
         self.precision = precision
         self.device = device
 
+    # The ``MODALITY_OUTPUTS`` of the graph that ``infer_outputs`` returns beside the logits
+    # (set by a backend that can fetch them; none by default).
+    extra_outputs: tuple[str, ...] = ()
+
     def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """Logits ``(B, num_classes)`` float32 for a padded batch."""
         check_feed(feed)
         return self._infer(feed)
 
+    def infer_outputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``logits`` and each of ``extra_outputs`` (each ``(B, num_classes)`` float32) for a padded batch."""
+        check_feed(feed)
+        return self._infer_outputs(feed)
+
     @abc.abstractmethod
     def _infer(self, feed: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def _infer_outputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {OUTPUT: self._infer(feed)}
 
     def describe(self) -> dict[str, str]:
         """Engine, precision, device and backend versions, for logs and ``/v1/model``."""

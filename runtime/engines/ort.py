@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.engines.base import OUTPUT, Engine, parse_device, tf32_setting
+from runtime.engines.base import MODALITY_OUTPUTS, OUTPUT, Engine, parse_device, tf32_setting
 from runtime.errors import EngineUnavailableError, ModelFolderError
 from runtime.spec import ModelSpec
 
@@ -85,9 +85,17 @@ class OrtEngine(Engine):
             require_cuda_provider(self.session, f"engine 'ort' ({precision})")
         self._version = ort.__version__
         self._spin = spin
+        declared = spec.raw.get("outputs")
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        if isinstance(declared, (dict, list)):
+            self.extra_outputs = tuple(n for n in MODALITY_OUTPUTS.values() if n in declared and n in graph_outputs)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([OUTPUT], feed)[0]
+
+    def _infer_outputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [OUTPUT, *self.extra_outputs]
+        return dict(zip(names, self.session.run(names, feed)))
 
     def describe(self) -> dict[str, str]:
         out = {

@@ -38,6 +38,14 @@ def schema() -> dict:
                 "description": "decode+validate (and the speech recogniser's transcription, with --asr), wait for a batch, the batch's engine call, end to end in the server",
             },
             "batch_size": {"type": "integer", "description": "items in the engine call that served this request"},
+            "modality_scores": {
+                "type": "object",
+                "properties": {"audio": scores, "text": scores},
+                "additionalProperties": False,
+                "description": "only from a model whose graph scores each modality on its own (spec.json outputs: the model zoo's "
+                               "late-fusion folders): the calibrated probability per label from each modality the item carried, "
+                               "alone; absent for other models",
+            },
         },
     }
     error = {

@@ -12,7 +12,8 @@ Protocol (all JSON messages are text frames):
 * server -> client per utterance, in utterance order: ``{"type": "result", "segment",
   "start_s", "end_s", "label", "scores", "modalities", "duration_s", "transcript",
   "transcript_source", "timings_ms", "batch_size", "smoothed": {"label", "scores",
-  "half_life_s"}}`` (plus ``"modality_scores": {"audio", "text"}`` when asked for), or
+  "half_life_s"}}`` (plus ``"modality_scores": {"audio", "text"}`` when asked for, or
+  always from a model whose graph scores each modality on its own), or
   ``{"type": "error", "segment"?, "error": {code, message}}``.
 * after ``end`` (or when the server shuts down): the last utterance is closed, every
   pending result is sent, then ``{"type": "done", "segments": N}`` and the socket closes.
@@ -42,6 +43,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from runtime.audio import StreamResampler
+from runtime.engines.base import MODALITY_OUTPUTS
 from runtime.recognizer import Item
 from runtime.server import limits
 from runtime.server.limits import ApiError
@@ -92,6 +94,9 @@ class StreamSession:
         self._finishing = False
         self._close_code = 1000
         self.options = StreamOptions()
+        # the graph returns each modality's own scores with the fused ones: per_modality then
+        # needs one recognition per utterance, not three
+        self.graph_scores_modalities = set(MODALITY_OUTPUTS.values()) <= set(state.recognizer.engine.extra_outputs)
         self.resampler: StreamResampler | None = None  # set by a start message with another rate
         self.smoother = ScoreSmoother(state.config.smoothing_half_life_s)
         self._got_audio = False  # a start message is refused after the first audio frame
@@ -274,7 +279,7 @@ class StreamSession:
             text = limits.check_text(text, self.state.max_text_chars)  # at most max_text_chars: _cap_text
             async with self._recognizing:
                 item, decode_s = await self.state.prepare(seg.audio, text, SAMPLE_RATE, deadline=deadline)
-                if self.options.per_modality and item.text is not None:
+                if self.options.per_modality and item.text is not None and not self.graph_scores_modalities:
                     # the fused item and each modality alone, submitted together: one batch
                     result, audio_only, text_only = await asyncio.gather(
                         self.state.infer(item, deadline, background=True),
@@ -283,7 +288,8 @@ class StreamSession:
                     per_modality = {"audio": audio_only.prediction.scores, "text": text_only.prediction.scores}
                 else:
                     result = await self.state.infer(item, deadline, background=True)
-                    per_modality = {"audio": result.prediction.scores, "text": None}
+                    own = result.prediction.modality_scores or {}
+                    per_modality = {"audio": own.get("audio", result.prediction.scores), "text": own.get("text")}
         except ApiError as e:
             self.state.metrics.requests.inc(ENDPOINT, str(e.status))
             return {"type": "error", "segment": seg.index, "start_s": head["start_s"], "end_s": head["end_s"], "error": e.body()["error"]}
